@@ -1,0 +1,1 @@
+"""CLI sub-commands, one per file; each exposes register(subparsers)."""

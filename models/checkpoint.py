@@ -1,0 +1,71 @@
+"""Checkpoints: state dicts, optimizer states, step, history and the resolved config; atomic writes, weights_only loads."""
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.config import Config, config_from_dict
+from models.step import GANState, build_state
+
+FORMAT_VERSION = 1
+
+
+def state_to_dict(state: GANState) -> dict[str, Any]:
+    return {
+        "format": FORMAT_VERSION,
+        "config": state.config.to_dict(),
+        "step": state.step,
+        "G": state.G.state_dict(),
+        "D": state.D.state_dict(),
+        "G_ema": state.G_ema.state_dict(),
+        "opt_g": state.opt_g.state_dict(),
+        "opt_d": state.opt_d.state_dict(),
+        "history": state.history,
+        # The data order and all noise are pure functions of (seed, step), so the step is the data position.
+        "data_position": {"step": state.step, "seed": state.config.train.seed},
+        "torch_rng": torch.get_rng_state(),
+    }
+
+
+def save_checkpoint(state: GANState, path: str | Path) -> Path:
+    """Write to a temp file in the same folder, fsync, then rename: a crash never leaves a torn file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(state_to_dict(state), fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_checkpoint(path: str | Path, config: Config | None = None) -> GANState:
+    """Rebuild the full training state; `config` defaults to the one stored in the checkpoint."""
+    ckpt = read_checkpoint(path)
+    cfg = config or config_from_dict(ckpt["config"])
+    state = build_state(cfg)
+    state.G.load_state_dict(ckpt["G"])
+    state.D.load_state_dict(ckpt["D"])
+    state.G_ema.load_state_dict(ckpt["G_ema"])
+    state.opt_g.load_state_dict(ckpt["opt_g"])
+    state.opt_d.load_state_dict(ckpt["opt_d"])
+    state.step = int(ckpt["step"])
+    state.history = list(ckpt.get("history", []))
+    if "torch_rng" in ckpt:
+        torch.set_rng_state(ckpt["torch_rng"])
+    return state

@@ -1,0 +1,143 @@
+"""The single-step GAN math shared by the reference trainer and DFAGD: noise per global batch, grads, one update.
+
+A training iteration is `n_critic` D updates followed by one G update. Each update is:
+    grads  = mean over data partitions of d/dθ loss(partition slice)   # workers (DFAGD) or one process
+    update = clip(grads) -> Adam step                                     # always on one copy (the driver)
+Every random number of an update (z, GP interpolation eps, fake labels) is drawn for the whole global
+batch from a generator seeded by (seed, step, phase) and then sliced, so the math does not depend on how
+the batch is split.
+"""
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from models import build_discriminator, build_generator
+from models.config import Config, TrainConfig
+from models.losses import d_adversarial, g_adversarial, gradient_penalty
+
+G_PHASE = 1_000_000  # phase id of the generator update (D phases are 0..n_critic-1)
+
+
+def phase_seed(seed: int, step: int, phase: int) -> int:
+    """A 63-bit seed that differs for every (seed, step, phase); splitmix64-style mixing."""
+    x = (seed * 0x9E3779B97F4A7C15 + step * 0xBF58476D1CE4E5B9 + phase * 0x94D049BB133111EB) & (2**64 - 1)
+    x ^= x >> 31
+    x = (x * 0xD6E8FEB86659FD93) & (2**64 - 1)
+    x ^= x >> 32
+    return x & (2**63 - 1)
+
+
+@dataclass
+class Noise:
+    z: torch.Tensor                  # (b, z_dim)
+    eps: torch.Tensor                # (b,) GP interpolation weights
+    labels: torch.Tensor | None      # (b,) fake labels, or None when unconditional
+
+
+def draw_noise(seed: int, step: int, phase: int, batch_size: int, z_dim: int, num_classes: int,
+               start: int = 0, stop: int | None = None) -> Noise:
+    """Noise for rows [start, stop) of the global batch of this (step, phase)."""
+    g = torch.Generator().manual_seed(phase_seed(seed, step, phase))
+    z = torch.randn(batch_size, z_dim, generator=g)
+    eps = torch.rand(batch_size, generator=g)
+    labels = torch.randint(0, num_classes, (batch_size,), generator=g) if num_classes else None
+    sl = slice(start, stop if stop is not None else batch_size)
+    return Noise(z[sl], eps[sl], labels[sl] if labels is not None else None)
+
+
+def d_loss(G: nn.Module, D: nn.Module, real: torch.Tensor, real_labels: torch.Tensor | None, noise: Noise,
+           tc: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    with torch.no_grad():
+        fake = G(noise.z, noise.labels)
+    adv = d_adversarial(tc.loss, D(real, real_labels), D(fake, noise.labels))
+    gp = gradient_penalty(tc.penalty, D, real, fake, noise.eps, real_labels)
+    loss = adv + tc.gp_weight * gp
+    return loss, {"loss_d": loss.detach(), "gradient_penalty": gp.detach()}
+
+
+def g_loss(G: nn.Module, D: nn.Module, noise: Noise, tc: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    loss = g_adversarial(tc.loss, D(G(noise.z, noise.labels), noise.labels))
+    return loss, {"loss_g": loss.detach()}
+
+
+def flat_grad(loss: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor:
+    """d loss / d params as one float32 vector (the unit DFAGD exchanges)."""
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+
+
+def params_of(module: nn.Module) -> list[nn.Parameter]:
+    return [p for p in module.parameters() if p.requires_grad]
+
+
+def get_flat(module: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().reshape(-1) for p in params_of(module)])
+
+
+def set_flat(module: nn.Module, flat: torch.Tensor) -> None:
+    i = 0
+    with torch.no_grad():
+        for p in params_of(module):
+            n = p.numel()
+            p.copy_(flat[i:i + n].view_as(p))
+            i += n
+
+
+def apply_update(module: nn.Module, optimizer: torch.optim.Optimizer, grad: torch.Tensor,
+                 clip_norm: float | None) -> tuple[float, bool]:
+    """Clip the averaged gradient by global norm and take one optimizer step.
+
+    Returns (grad norm before clipping, applied). A non-finite gradient is not applied.
+    """
+    norm = float(grad.norm())
+    if not torch.isfinite(grad).all():
+        return norm, False
+    if clip_norm is not None:
+        coef = min(1.0, clip_norm / (norm + 1e-6))   # same rule as torch.nn.utils.clip_grad_norm_
+        grad = grad * coef
+    i = 0
+    for p in params_of(module):
+        n = p.numel()
+        p.grad = grad[i:i + n].view_as(p).clone()
+        i += n
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm, True
+
+
+@torch.no_grad()
+def ema_update(ema: nn.Module, G: nn.Module, decay: float, step: int, start: int) -> None:
+    d = 0.0 if step < start else decay
+    for pe, p in zip(ema.parameters(), G.parameters()):
+        pe.lerp_(p, 1.0 - d)
+    for be, b in zip(ema.buffers(), G.buffers()):
+        be.copy_(b)
+
+
+@dataclass
+class GANState:
+    """Everything one training run owns; DFAGD's driver holds exactly one of these."""
+
+    config: Config
+    G: nn.Module
+    D: nn.Module
+    G_ema: nn.Module
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer
+    step: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+def build_state(config: Config) -> GANState:
+    """Seeded construction: the same config gives the same initial weights on any machine."""
+    torch.manual_seed(config.train.seed)
+    G = build_generator(config.model)
+    D = build_discriminator(config.model)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    tc = config.train
+    opt_g = torch.optim.Adam(params_of(G), lr=tc.lr_g, betas=tuple(tc.betas))
+    opt_d = torch.optim.Adam(params_of(D), lr=tc.lr_d, betas=tuple(tc.betas))
+    return GANState(config, G, D, G_ema, opt_g, opt_d)

@@ -1,0 +1,142 @@
+"""The reference single-process trainer; DFAGD reuses its loop and swaps in a distributed gradient source."""
+
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+
+from models.config import Config
+from models.data import ImageSet, PartitionedSampler
+from models.step import (G_PHASE, GANState, apply_update, d_loss, draw_noise, ema_update, flat_grad, g_loss,
+                         params_of)
+
+METRIC_NAMES = ("loss_d", "loss_g", "gradient_penalty", "grad_norm_d", "grad_norm_g", "s_per_iter", "images_per_s")
+
+
+class DivergenceError(RuntimeError):
+    """Too many consecutive non-finite updates; the last good checkpoint is kept."""
+
+
+class GradSource(Protocol):
+    """Where averaged gradients come from: this process (reference) or Spark workers (DFAGD)."""
+
+    def d_grad(self, state: GANState, step: int, k: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+    def g_grad(self, state: GANState, step: int) -> tuple[torch.Tensor, dict[str, float]]: ...
+
+
+class LocalGradSource:
+    """Computes the whole global batch in this process: the math DFAGD must reproduce."""
+
+    def __init__(self, data: ImageSet, config: Config):
+        self.data, self.config = data, config
+        tc = config.train
+        self.sampler = PartitionedSampler(len(data), config.partitions, tc.batch_size, tc.seed)
+
+    def d_grad(self, state: GANState, step: int, k: int) -> tuple[torch.Tensor, dict[str, float]]:
+        c, tc = self.config, self.config.train
+        real, labels = self.data.batch(self.sampler.batch_indices(step * tc.n_critic + k))
+        noise = draw_noise(tc.seed, step, k, tc.batch_size, c.model.z_dim, c.model.num_classes)
+        loss, stats = d_loss(state.G, state.D, real, labels, noise, tc)
+        return flat_grad(loss, params_of(state.D)), {k_: float(v) for k_, v in stats.items()}
+
+    def g_grad(self, state: GANState, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        c, tc = self.config, self.config.train
+        noise = draw_noise(tc.seed, step, G_PHASE, tc.batch_size, c.model.z_dim, c.model.num_classes)
+        loss, stats = g_loss(state.G, state.D, noise, tc)
+        return flat_grad(loss, params_of(state.G)), {k_: float(v) for k_, v in stats.items()}
+
+
+def train_iteration(state: GANState, source: GradSource) -> dict[str, float] | None:
+    """n_critic D updates then one G update; returns the step's metrics, or None if an update was skipped."""
+    tc = state.config.train
+    step = state.step
+    stats: dict[str, float] = {}
+    ok = True
+    for k in range(tc.n_critic):
+        grad, s = source.d_grad(state, step, k)
+        norm, applied = apply_update(state.D, state.opt_d, grad, tc.clip_norm_d)
+        ok &= applied and all(map(_finite, s.values()))
+        stats.update(s, grad_norm_d=norm)
+    grad, s = source.g_grad(state, step)
+    norm, applied = apply_update(state.G, state.opt_g, grad, tc.clip_norm_g)
+    ok &= applied and all(map(_finite, s.values()))
+    stats.update(s, grad_norm_g=norm)
+    if tc.ema_decay > 0:
+        ema_update(state.G_ema, state.G, tc.ema_decay, step, tc.ema_start)
+    else:
+        state.G_ema.load_state_dict(state.G.state_dict())
+    state.step += 1
+    return stats if ok else None
+
+
+def _finite(x: float) -> bool:
+    return x == x and abs(x) != float("inf")
+
+
+def format_progress(step: int, total: int, m: dict[str, float], elapsed: float) -> str:
+    eta = (total - step) * m.get("s_per_iter", 0.0)
+    return (f"step {step:>6}/{total} | loss_d {m.get('loss_d', float('nan')):+.4f} "
+            f"loss_g {m.get('loss_g', float('nan')):+.4f} gp {m.get('gradient_penalty', float('nan')):.4f} | "
+            f"{m.get('s_per_iter', 0):.3f} s/it {m.get('images_per_s', 0):.0f} img/s | "
+            f"elapsed {_hms(elapsed)} ETA {_hms(eta)}")
+
+
+def _hms(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+
+
+Callback = Callable[[GANState, dict[str, float]], None]
+
+
+def train(state: GANState, source: GradSource, *, steps: int | None = None,
+          on_log: Callback | None = None, on_sample: Callback | None = None,
+          on_checkpoint: Callback | None = None, should_stop: Callable[[], bool] | None = None,
+          print_fn: Callable[[str], None] | None = print) -> GANState:
+    """Train from state.step to `steps` (default train.steps); callbacks get the state and latest metrics.
+
+    Non-finite updates are skipped (weights untouched); after train.max_bad_steps in a row, DivergenceError.
+    """
+    tc = state.config.train
+    total = tc.steps if steps is None else steps
+    bad = 0
+    t_start = t_window = time.perf_counter()
+    window_steps = 0
+    acc: dict[str, float] = {}
+    latest: dict[str, float] = {}
+    while state.step < total:
+        if should_stop and should_stop():
+            break
+        stats = train_iteration(state, source)
+        if stats is None:
+            bad += 1
+            if print_fn:
+                print_fn(f"step {state.step}: non-finite loss or gradient; update skipped ({bad}/{tc.max_bad_steps})")
+            if bad >= tc.max_bad_steps:
+                raise DivergenceError(f"training diverged: {bad} consecutive non-finite updates at step {state.step} "
+                                      f"(train.max_bad_steps={tc.max_bad_steps}); weights stay at the last good update")
+            continue
+        bad = 0
+        window_steps += 1
+        for k, v in stats.items():
+            acc[k] = acc.get(k, 0.0) + v
+        step = state.step
+        last = step == total
+        if (tc.log_every and step % tc.log_every == 0) or last:
+            now = time.perf_counter()
+            s_per_iter = (now - t_window) / max(window_steps, 1)
+            latest = {k: v / window_steps for k, v in acc.items()}
+            latest.update(s_per_iter=s_per_iter, images_per_s=tc.batch_size / max(s_per_iter, 1e-9))
+            state.history.append({"step": float(step), **latest})
+            if print_fn:
+                print_fn(format_progress(step, total, latest, now - t_start))
+            if on_log:
+                on_log(state, latest)
+            acc, window_steps, t_window = {}, 0, time.perf_counter()
+        if on_sample and ((tc.sample_every and step % tc.sample_every == 0) or last):
+            on_sample(state, latest)
+        if on_checkpoint and ((tc.checkpoint_every and step % tc.checkpoint_every == 0) or last):
+            on_checkpoint(state, latest)
+    return state

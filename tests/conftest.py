@@ -1,0 +1,31 @@
+"""Shared fixtures: an isolated TRANSSRGAN_HOME per session, Spark pointed at the venv's Python."""
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_home(tmp_path_factory):
+    home = tmp_path_factory.mktemp("transsrgan-home")
+    old = os.environ.get("TRANSSRGAN_HOME")
+    os.environ["TRANSSRGAN_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("TRANSSRGAN_HOME", None)
+    else:
+        os.environ["TRANSSRGAN_HOME"] = old
+
+
+@pytest.fixture
+def tiny_config():
+    from models.config import resolve_config
+
+    return resolve_config("tiny")
