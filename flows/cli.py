@@ -4,13 +4,11 @@ import argparse
 import importlib
 import sys
 
+from flows.errors import UsageError
+
 # Each module in flows/commands/ adds one sub-command with `register(subparsers)` and keeps heavy imports
 # (torch, Spark, MLflow, Prefect) inside its handler, so that `--help` stays fast.
 COMMAND_MODULES = ("demo_data", "validate", "train", "evaluate", "sample", "bench", "serve", "chaos")
-
-
-class UsageError(Exception):
-    """Bad arguments or inputs found after parsing; printed as one line, exit code 2."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -36,14 +34,19 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    from models.config import ConfigError
+
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
-    except UsageError as exc:
+    except (UsageError, ConfigError) as exc:
         print(f"transsrgan {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `transsrgan train --dry-run | head`
+        sys.stderr.close()
+        return 0
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -138,9 +138,17 @@ class SparkConfig:
     sync_every: int = 1           # 1 = exact DFAGD; K > 1 averages every K local steps (off by default)
     driver_host: str = "127.0.0.1"
     executor_memory: str = "1g"
+    task_max_failures: int = 4    # attempts per task / barrier stage before the run fails (local[N] -> local[N,F])
+    connect_timeout_s: float = 10.0  # spark:// and k8s:// masters must answer a TCP connect within this
+    extra_conf: dict[str, str] = field(default_factory=dict)  # any other Spark conf, e.g. spark.kubernetes.*
+    fail_once_partition: int = -1  # TEST ONLY: this worker task raises on its first attempt (retry tests)
 
     def validate(self) -> None:
         _check(self.workers >= 1, "spark.workers", ">= 1", self.workers)
+        _check(self.task_max_failures >= 1, "spark.task_max_failures", ">= 1", self.task_max_failures)
+        _check(self.connect_timeout_s > 0, "spark.connect_timeout_s", "> 0", self.connect_timeout_s)
+        _check(isinstance(self.extra_conf, dict), "spark.extra_conf", "a mapping of Spark conf keys to values",
+               self.extra_conf)
         _check(self.threads_per_worker >= 1, "spark.threads_per_worker", ">= 1", self.threads_per_worker)
         _check(self.exchange_dtype in ("float32", "bfloat16", "float16"), "spark.exchange_dtype",
                "float32, bfloat16 or float16", self.exchange_dtype)
@@ -155,7 +163,28 @@ class EvalConfig:
     allow_random_features: bool = False  # offline fallback: seeded random InceptionV3, metrics renamed
     primary_metric: str = "fid"   # promotion compares this (renamed with the extractor when needed)
     promotion_margin: float = 0.0  # champion moves only if the new value beats it by more than this
-    batch_size: int = 100
+    batch_size: int = 100         # images per Inception forward pass (metrics do not depend on it)
+    metrics: tuple[str, ...] = ("fid", "kid", "prdc", "msssim_diversity")  # names in models.metrics.METRICS
+    device: Literal["cpu", "cuda", "auto"] = "cpu"   # where Inception runs
+    random_features_seed: int = 0  # seed of the random-weight InceptionV3 (tag inception-v3-random-seed<N>)
+    download_weights: bool = True  # try pytorch-fid's download when the file is missing and a network answers
+    cache_real: bool = True       # reuse real-data features/stats from $TRANSSRGAN_HOME/cache/eval
+    kid_subsets: int = 100
+    kid_subset_size: int = 1000   # m = min(this, n_real, n_fake)
+    prdc_k: int = 5               # k of the k-NN balls (precision, recall, density, coverage)
+    diversity_pairs: int = 1000   # random pairs of generated images for msssim_diversity
+
+    def validate(self) -> None:
+        _check(self.n_samples >= 2, "eval.n_samples", ">= 2", self.n_samples)
+        _check(self.batch_size >= 1, "eval.batch_size", ">= 1", self.batch_size)
+        _check(self.device in ("cpu", "cuda", "auto"), "eval.device", "cpu, cuda or auto", self.device)
+        _check(self.kid_subsets >= 1, "eval.kid_subsets", ">= 1", self.kid_subsets)
+        _check(self.kid_subset_size >= 2, "eval.kid_subset_size", ">= 2", self.kid_subset_size)
+        _check(self.prdc_k >= 1, "eval.prdc_k", ">= 1", self.prdc_k)
+        _check(self.n_samples > self.prdc_k or "prdc" not in self.metrics, "eval.n_samples",
+               f"> eval.prdc_k ({self.prdc_k})", self.n_samples)
+        _check(self.diversity_pairs >= 1, "eval.diversity_pairs", ">= 1", self.diversity_pairs)
+        _check(len(self.metrics) > 0, "eval.metrics", "at least one metric name", self.metrics)
 
 
 @dataclass
@@ -213,7 +242,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "eval": {"n_samples": 128, "batch_size": 64},
     },
     # The README's main job: a few minutes on 2 CPU cores, recognisable digits.
-    "demo": {},
+    "demo": {
+        "model": {"dim": 64, "heads": 4, "depth": 2, "token_grid": 8, "g_channels": 64,
+                  "d_channels": 32, "d_max_channels": 128},
+        "train": {"steps": 800, "batch_size": 32, "n_critic": 2, "ema_decay": 0.99, "ema_start": 50,
+                  "log_every": 25, "sample_every": 200, "checkpoint_every": 200},
+        "eval": {"n_samples": 500},
+    },
     # Thesis scale: 64x64 RGB, wider and deeper; hours on CPU, minutes per 1k steps on a GPU.
     "full": {
         "model": {"resolution": 64, "channels": 3, "token_grid": 8, "dim": 384, "depth": 6, "heads": 6,

@@ -70,7 +70,8 @@ def flat_grad(loss: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor:
 
 
 def params_of(module: nn.Module) -> list[nn.Parameter]:
-    return [p for p in module.parameters() if p.requires_grad]
+    """All parameters in registration order: the layout of every flat vector (grads and weights)."""
+    return list(module.parameters())
 
 
 def get_flat(module: nn.Module) -> torch.Tensor:

@@ -8,8 +8,17 @@ import torch
 
 from models.config import Config
 from models.data import ImageSet, PartitionedSampler
-from models.step import (G_PHASE, GANState, apply_update, d_loss, draw_noise, ema_update, flat_grad, g_loss,
-                         params_of)
+from models.step import (
+    G_PHASE,
+    GANState,
+    apply_update,
+    d_loss,
+    draw_noise,
+    ema_update,
+    flat_grad,
+    g_loss,
+    params_of,
+)
 
 METRIC_NAMES = ("loss_d", "loss_g", "gradient_penalty", "grad_norm_d", "grad_norm_g", "s_per_iter", "images_per_s")
 

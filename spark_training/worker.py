@@ -1,0 +1,155 @@
+"""DFAGD executor side: one long-lived barrier task per worker keeps its data partitions and G/D replicas alive.
+
+A worker owns data partitions [w*P/W, (w+1)*P/W). Per update (step, phase) it receives the weights that
+changed since it last heard from the driver, computes the mean gradient of each owned partition's slice of
+the global batch, averages them locally (the thesis' per-machine average) and sends ONE flat vector back.
+"""
+
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from models import build_discriminator, build_generator
+from models.config import config_from_dict
+from models.data import ImageSet, PartitionedSampler
+from models.step import G_PHASE, d_loss, draw_noise, flat_grad, g_loss, params_of, set_flat
+from spark_training.exchange import Message, connect, recv_message, send_message
+
+FAIL_ONCE_ENV = "TRANSSRGAN_DFAGD_FAIL_ONCE"   # test hook, same meaning as spark.fail_once_partition
+
+
+class InjectedFailure(RuntimeError):
+    """Raised by the test-only failure hook (spark.fail_once_partition) on a task's first attempt."""
+
+
+@dataclass
+class WorkerSpec:
+    """Everything a task needs, shipped in the closure (small: no weights, no data)."""
+
+    config: dict[str, Any]          # Config.to_dict()
+    host: str
+    port: int
+    n_items: int                    # images in the whole dataset (partition bounds are a function of it)
+    workers: int
+    fail_once_partition: int = -1   # test hook: this task raises on its first attempt, second request
+
+
+def resolve_device(device: str) -> torch.device:
+    """train.device on an executor: cuda if asked (or auto and available), else cpu."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device: 'cuda' requested but this executor has no CUDA device; use 'auto' or 'cpu'")
+    if device in ("cuda", "auto") and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class PartitionWorker:
+    """The per-partition math, free of Spark and sockets (so it is unit-testable)."""
+
+    def __init__(self, config: dict[str, Any], n_items: int, blocks: dict[int, ImageSet], device: str = "cpu"):
+        self.cfg = config_from_dict(config)
+        tc = self.cfg.train
+        self.blocks = blocks                                     # {data partition p: ImageSet of its block}
+        self.sampler = PartitionedSampler(n_items, self.cfg.partitions, tc.batch_size, tc.seed)
+        self.b = self.sampler.per_partition                      # slice of the global batch per partition
+        self.device = resolve_device(device)
+        self.G = build_generator(self.cfg.model).to(self.device)
+        self.D = build_discriminator(self.cfg.model).to(self.device)
+
+    def set_weights(self, g: torch.Tensor | None, d: torch.Tensor | None) -> None:
+        if g is not None:
+            set_flat(self.G, g.to(self.device))
+        if d is not None:
+            set_flat(self.D, d.to(self.device))
+
+    def gradient(self, step: int, phase: int) -> tuple[torch.Tensor, dict[str, float]]:
+        """Mean over owned partitions of each partition's mean gradient; float32 on CPU."""
+        c, tc = self.cfg, self.cfg.train
+        total: torch.Tensor | None = None
+        stats: dict[str, float] = {}
+        for p, block in sorted(self.blocks.items()):
+            noise = draw_noise(tc.seed, step, phase, tc.batch_size, c.model.z_dim, c.model.num_classes,
+                               start=p * self.b, stop=(p + 1) * self.b)
+            noise.z = noise.z.to(self.device)
+            noise.eps = noise.eps.to(self.device)
+            noise.labels = noise.labels.to(self.device) if noise.labels is not None else None
+            if phase == G_PHASE:
+                loss, s = g_loss(self.G, self.D, noise, tc)
+                g = flat_grad(loss, params_of(self.G))
+            else:
+                real, labels = block.batch(self.sampler.local_indices(step * tc.n_critic + phase, p))
+                real = real.to(self.device)
+                labels = labels.to(self.device) if labels is not None else None
+                loss, s = d_loss(self.G, self.D, real, labels, noise, tc)
+                g = flat_grad(loss, params_of(self.D))
+            total = g if total is None else total.add_(g)
+            for k, v in s.items():
+                stats[k] = stats.get(k, 0.0) + float(v)
+        n = len(self.blocks)
+        assert total is not None, "a worker owns at least one partition"
+        return total.div_(n).cpu(), {k: v / n for k, v in stats.items()}
+
+
+def owned_partitions(worker: int, workers: int, partitions: int) -> list[int]:
+    per = partitions // workers
+    return list(range(worker * per, (worker + 1) * per))
+
+
+def serve(spec: WorkerSpec, worker: int, attempt: tuple[int, int], blocks: dict[int, ImageSet],
+          threads: int) -> dict[str, Any]:
+    """The task body: connect, then answer work requests until the driver says stop."""
+    torch.set_num_threads(threads)
+    cfg = spec.config
+    pw = PartitionWorker(cfg, spec.n_items, blocks, cfg["train"]["device"])
+    dtype = cfg["spark"]["exchange_dtype"]
+    fail = spec.fail_once_partition
+    if fail < 0 and os.environ.get(FAIL_ONCE_ENV):
+        fail = int(os.environ[FAIL_ONCE_ENV])
+    sock = connect(spec.host, spec.port)
+    requests = 0
+    try:
+        send_message(sock, Message("hello", {"worker": worker, "attempt": list(attempt),
+                                             "partitions": sorted(blocks), "device": str(pw.device)}))
+        while True:
+            t_wait = time.perf_counter()
+            msg = recv_message(sock)
+            t_got = time.perf_counter()
+            if msg.kind == "stop":
+                break
+            m = msg.meta
+            requests += 1
+            if worker == fail and attempt == (0, 0) and requests == 2:
+                raise InjectedFailure(f"spark.fail_once_partition={fail}: injected failure on the first attempt")
+            arrays = iter(msg.arrays)
+            pw.set_weights(next(arrays) if m["has_g"] else None, next(arrays) if m["has_d"] else None)
+            t0 = time.perf_counter()
+            grad, stats = pw.gradient(int(m["step"]), int(m["phase"]))
+            t1 = time.perf_counter()
+            timing = {"wait_s": t_got - t_wait, "compute_s": t1 - t0, "decode_s": t0 - t_got}
+            send_message(sock, Message("result", {"step": m["step"], "phase": m["phase"], "worker": worker,
+                                                  "stats": stats, "timing": timing}, [grad]), dtype)
+    finally:
+        sock.close()
+    return {"worker": worker, "attempt": list(attempt), "requests": requests}
+
+
+def make_task(spec: WorkerSpec, threads: int):
+    """The mapPartitions function for rdd.barrier(); each RDD partition holds one worker's data blocks."""
+
+    def task(rows: Iterator[tuple[int, dict[int, tuple[np.ndarray, np.ndarray | None]]]]) -> Iterator[dict]:
+        from pyspark import BarrierTaskContext
+
+        ctx = BarrierTaskContext.get()
+        worker = ctx.partitionId()
+        blocks: dict[int, ImageSet] = {}
+        for _w, parts in rows:
+            for p, (images, labels) in parts.items():
+                blocks[p] = ImageSet(images, labels, f"partition {p}")
+        yield serve(spec, worker, (ctx.stageAttemptNumber(), ctx.attemptNumber()), blocks, threads)
+
+    return task

@@ -1,0 +1,211 @@
+"""MLflow tracking: where the store is, what every training run logs, and a sink for the trainer's callbacks.
+
+Store resolution (first wins): the `uri` argument (e.g. from config or a flow parameter), the
+MLFLOW_TRACKING_URI environment variable, then the embedded default
+`sqlite:///<data_home()>/mlflow.db`. Experiments created on a SQLite store keep their artifacts next to
+the database, in `<db folder>/mlartifacts/<experiment>` (so `<data_home()>/mlartifacts` for the embedded
+store), never in a `./mlruns` of whatever directory the process happened to start in.
+"""
+
+import contextlib
+import os
+import re
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import mlflow
+from mlflow.entities import Metric
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from models.checkpoint import save_checkpoint
+from models.config import Config
+from models.grid import make_grid, sample, save_png, to_uint8
+from models.paths import data_home
+from models.step import GANState
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SAMPLES_DIR = "samples"            # artifact folders named in PRODUCT.md
+CHECKPOINTS_DIR = "checkpoints"
+CONFIG_ARTIFACT = "config.json"
+# Run tags (besides MLflow's own mlflow.source.git.commit).
+TAG_GIT_COMMIT = "git_commit"
+TAG_FINGERPRINT = "dataset_fingerprint"
+TAG_DATASET_SIZE = "dataset_size"
+TAG_SPARK_MASTER = "spark_master"
+TAG_WORKERS = "spark_workers"
+TAG_PRESET = "preset"
+
+_URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<at>@)")
+_QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|pwd|token|secret)=)(?P<pw>[^&\s]*)", re.IGNORECASE)
+
+
+def redact(uri: str) -> str:
+    """'postgresql://u:secret@h/db' -> 'postgresql://u:***@h/db'; also ?password=... query values."""
+    out = _URI_PASSWORD.sub(lambda m: f"{m['head']}***{m['at']}", uri)
+    return _QUERY_PASSWORD.sub(lambda m: f"{m['head']}***", out)
+
+
+def default_tracking_uri() -> str:
+    """The embedded store: a SQLite file in the project's data directory."""
+    return f"sqlite:///{data_home() / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(uri: str | None = None) -> str:
+    """Explicit argument, then MLFLOW_TRACKING_URI, then the embedded SQLite store."""
+    return uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a sqlite:/// URI, else None."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return Path(path if path.startswith("/") else Path.cwd() / path).resolve()
+
+
+def artifact_root(uri: str | None = None) -> Path | None:
+    """Where experiments on a SQLite store keep artifacts: `<db folder>/mlartifacts`; None for servers."""
+    db = sqlite_path(resolve_tracking_uri(uri) if uri is None else uri)
+    return db.parent / "mlartifacts" if db else None
+
+
+def configure_tracking(uri: str | None = None) -> str:
+    """Point MLflow tracking and registry at one store; returns the URI with any password redacted."""
+    resolved = resolve_tracking_uri(uri)
+    db = sqlite_path(resolved)
+    if db:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(resolved)
+    mlflow.set_registry_uri(resolved)
+    return redact(resolved)
+
+
+def ensure_experiment(name: str) -> str:
+    """Experiment id of `name`, created if missing; on SQLite with its artifacts next to the database."""
+    client = MlflowClient()
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise MlflowException(f"experiment {name!r} is deleted; restore it in the MLflow UI or "
+                                  f"`mlflow experiments restore --experiment-id {exp.experiment_id}`")
+        return exp.experiment_id
+    root = artifact_root(mlflow.get_tracking_uri())
+    location = (root / name).as_uri() if root else None
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:  # another process created it between our get and create
+        exp = client.get_experiment_by_name(name)
+        if exp is None:
+            raise
+        del exc
+        return exp.experiment_id
+
+
+def git_commit() -> str:
+    """HEAD of the project checkout, with '-dirty' when tracked files have changes; 'unknown' outside git."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return f"{sha}-dirty" if dirty else sha
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_tags(config: Config, dataset_fingerprint: str | None = None, dataset_size: int | None = None,
+             extra: dict[str, str] | None = None) -> dict[str, str]:
+    commit = git_commit()
+    tags = {TAG_GIT_COMMIT: commit, "mlflow.source.git.commit": commit.removesuffix("-dirty"),
+            TAG_SPARK_MASTER: config.spark.master, TAG_WORKERS: str(config.spark.workers),
+            TAG_PRESET: config.preset}
+    if dataset_fingerprint is not None:
+        tags[TAG_FINGERPRINT] = dataset_fingerprint
+    if dataset_size is not None:
+        tags[TAG_DATASET_SIZE] = str(int(dataset_size))
+    tags.update({k: str(v) for k, v in (extra or {}).items()})
+    return tags
+
+
+@contextlib.contextmanager
+def start_training_run(config: Config, experiment: str = "transsrgan", run_name: str | None = None,
+                       tags: dict[str, str] | None = None, *, dataset_fingerprint: str | None = None,
+                       dataset_size: int | None = None, tracking_uri: str | None = None,
+                       system_metrics: bool = True) -> Iterator[mlflow.ActiveRun]:
+    """An MLflow run with the flattened config as params, provenance tags and system metrics.
+
+    Yields the active run; the run ends FINISHED, or FAILED if the body raises (then the error re-raises).
+    """
+    if tracking_uri is not None or not _is_configured():
+        configure_tracking(tracking_uri)
+    exp_id = ensure_experiment(experiment)
+    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, log_system_metrics=system_metrics,
+                          tags=run_tags(config, dataset_fingerprint, dataset_size, tags)) as run:
+        mlflow.log_params({k: _param(v) for k, v in config.flat().items()})
+        mlflow.log_text(config.to_json(), CONFIG_ARTIFACT)
+        yield run
+
+
+def _is_configured() -> bool:
+    """True when this process already chose a store (configure_tracking or mlflow.set_tracking_uri)."""
+    from mlflow.tracking._tracking_service.utils import is_tracking_uri_set
+
+    return is_tracking_uri_set()
+
+
+def _param(value: Any) -> str:
+    return "null" if value is None else str(list(value) if isinstance(value, tuple) else value)
+
+
+class MlflowSink:
+    """The trainer's callbacks, logging to one run: `train(state, source, **sink.callbacks())`.
+
+    Uses the client with an explicit run id, so it works from any thread and needs no active run.
+    """
+
+    def __init__(self, run_id: str, *, sample_n: int = 64, sample_seed: int = 0,
+                 checkpoint_dir: str | Path | None = None, keep_checkpoints: bool = False):
+        self.run_id = run_id
+        self.client = MlflowClient()
+        self.sample_n, self.sample_seed = sample_n, sample_seed
+        self.keep_checkpoints = keep_checkpoints   # False: checkpoints/checkpoint.pt holds the latest only
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else data_home() / "checkpoints" / run_id
+        self.last_checkpoint: Path | None = None
+
+    @classmethod
+    def for_active_run(cls, **kwargs: Any) -> "MlflowSink":
+        run = mlflow.active_run()
+        if run is None:
+            raise RuntimeError("MlflowSink.for_active_run: no active MLflow run; use start_training_run(...)")
+        return cls(run.info.run_id, **kwargs)
+
+    def callbacks(self) -> dict[str, Any]:
+        return {"on_log": self.on_log, "on_sample": self.on_sample, "on_checkpoint": self.on_checkpoint}
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Any metric dict (speed-up ratios, evaluation) in one batch call."""
+        ts = int(time.time() * 1000)
+        batch = [Metric(k, float(v), ts, int(step or 0)) for k, v in metrics.items()]
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
+
+    def on_log(self, state: GANState, metrics: dict[str, float]) -> None:
+        self.log_metrics(metrics, step=state.step)
+
+    def on_sample(self, state: GANState, metrics: dict[str, float]) -> None:
+        mc = state.config.model
+        images = sample(state.G_ema, self.sample_n, self.sample_seed, mc.z_dim, mc.num_classes)  # (n, C, H, W)
+        with tempfile.TemporaryDirectory() as tmp:
+            png = save_png(make_grid(to_uint8(images)), Path(tmp) / f"step_{state.step:06d}.png", scale=2)
+            self.client.log_artifact(self.run_id, str(png), SAMPLES_DIR)
+
+    def on_checkpoint(self, state: GANState, metrics: dict[str, float]) -> None:
+        name = f"step_{state.step:06d}.pt" if self.keep_checkpoints else "checkpoint.pt"
+        path = save_checkpoint(state, self.checkpoint_dir / name)
+        self.last_checkpoint = path
+        self.client.log_artifact(self.run_id, str(path), CHECKPOINTS_DIR)
