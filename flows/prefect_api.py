@@ -6,6 +6,7 @@ from collections.abc import Iterator
 import httpx
 from prefect.settings import (
     PREFECT_API_URL,
+    PREFECT_SERVER_ANALYTICS_ENABLED,
     PREFECT_SERVER_DATABASE_CONNECTION_URL,
     PREFECT_SERVER_EPHEMERAL_ENABLED,
     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
@@ -42,8 +43,11 @@ def prefect_api() -> Iterator[str]:
         check_server(url)
         yield f"Prefect server at {url}"
         return
+    # The temporary server inherits these settings; its telemetry heartbeat only adds SQLite lock contention
+    # (and there is nobody to send it to offline).
     with temporary_settings(updates={PREFECT_SERVER_EPHEMERAL_ENABLED: True,
-                                     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_STARTUP_S}):
+                                     PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: EPHEMERAL_STARTUP_S,
+                                     PREFECT_SERVER_ANALYTICS_ENABLED: False}):
         db = PREFECT_SERVER_DATABASE_CONNECTION_URL.value()
         yield (f"a temporary local Prefect server (PREFECT_API_URL is not set; runs are stored in {db} and "
                "show in the UI of `prefect server start`)")

@@ -121,12 +121,20 @@ class DataConfig:
     max_aspect: float = 4.0       # data gate: wider or taller than this is quarantined
     allowed_formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP")
     allowed_modes: tuple[str, ...] = ("L", "RGB", "RGBA", "P", "LA", "I;16", "I")
+    min_std: float = 2.0          # data gate: intensity std (0-255, after conversion) at or below this = degenerate
+    max_pixels: int = 89_478_485  # data gate: larger images (width*height) are quarantined without decoding
+    gate_workers: int = 0         # data gate: processes building the manifest; 0 = all cores (at most 8)
 
     def validate(self) -> None:
         _check(bool(self.source), "data.source", "'digits' or a path", self.source)
         _check(self.partitions >= 0, "data.partitions", ">= 0", self.partitions)
         _check(self.limit >= 0, "data.limit", ">= 0", self.limit)
         _check(0 <= self.max_bad_fraction <= 1, "data.max_bad_fraction", "in [0, 1]", self.max_bad_fraction)
+        _check(self.min_images >= 1, "data.min_images", ">= 1", self.min_images)
+        _check(self.max_aspect >= 1, "data.max_aspect", ">= 1", self.max_aspect)
+        _check(self.min_std >= 0, "data.min_std", ">= 0", self.min_std)
+        _check(self.max_pixels >= 1, "data.max_pixels", ">= 1", self.max_pixels)
+        _check(self.gate_workers >= 0, "data.gate_workers", ">= 0", self.gate_workers)
 
 
 @dataclass
@@ -138,7 +146,7 @@ class SparkConfig:
     sync_every: int = 1           # 1 = exact DFAGD; K > 1 averages every K local steps (off by default)
     driver_host: str = "127.0.0.1"
     executor_memory: str = "1g"
-    task_max_failures: int = 4    # attempts per task / barrier stage before the run fails (local[N] -> local[N,F])
+    task_max_failures: int = 4    # attempts of the DFAGD barrier stage (spark.stage.maxConsecutiveAttempts) and of tasks
     connect_timeout_s: float = 10.0  # spark:// and k8s:// masters must answer a TCP connect within this
     extra_conf: dict[str, str] = field(default_factory=dict)  # any other Spark conf, e.g. spark.kubernetes.*
     fail_once_partition: int = -1  # TEST ONLY: this worker task raises on its first attempt (retry tests)

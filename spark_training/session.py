@@ -1,8 +1,10 @@
 """Build and stop the SparkSession for DFAGD from SparkConfig, failing fast on settings that cannot work.
 
 Any master works: local[N], local-cluster[E,C,M], spark://host:port, yarn, k8s://https://host:port.
-- Plain local[N] is rewritten to local[N,F] with F = spark.task_max_failures, because local mode
-  otherwise gives every task exactly one attempt and a failed DFAGD task could not be retried.
+- DFAGD's barrier stage feeds a shuffle, so it is a ShuffleMapStage: when one barrier task fails Spark
+  kills its siblings and re-runs the whole stage, up to spark.stage.maxConsecutiveAttempts
+  (= spark.task_max_failures) times, in every mode including plain local[N]. (A failed barrier
+  *ResultStage* is never retried, which is why the stage must not be the job's last.)
 - spark:// and k8s:// masters are probed with a TCP connect (spark.connect_timeout_s) before the JVM
   starts: an unreachable master fails in seconds with a message naming spark.master, instead of the
   standalone client's ~60 s of silent retries.
@@ -28,16 +30,6 @@ from models.config import ConfigError, SparkConfig
 _LOCAL = re.compile(r"^local(?:\[(\*|\d+)(?:\s*,\s*(\d+))?\])?$")
 _LOCAL_CLUSTER = re.compile(r"^local-cluster\[\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*\]$")
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def effective_master(cfg: SparkConfig) -> str:
-    """The master URL actually used (local[N] gains a task-failure budget)."""
-    m = _LOCAL.match(cfg.master.strip())
-    if m:
-        threads = m.group(1) or "1"
-        failures = m.group(2) or str(cfg.task_max_failures)
-        return f"local[{threads},{failures}]"
-    return cfg.master.strip()
 
 
 def task_slots(master: str) -> int | None:
@@ -118,7 +110,7 @@ def build_session(cfg: SparkConfig, app_name: str = "transsrgan-dfagd"):
         # executors on this machine import models/ and spark_training/ from the project root
         paths = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
         os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    builder = (SparkSession.builder.master(effective_master(cfg)).appName(app_name)
+    builder = (SparkSession.builder.master(cfg.master.strip()).appName(app_name)
                .config("spark.driver.host", cfg.driver_host)
                .config("spark.executor.memory", cfg.executor_memory)
                .config("spark.task.maxFailures", str(cfg.task_max_failures))

@@ -111,7 +111,7 @@ def _frame(entries: list[Entry]) -> pd.DataFrame:
     df = pd.DataFrame([e.record() for e in entries], columns=list(Entry.__dataclass_fields__)[:-1])
     w, h = df["width"].astype("float64"), df["height"].astype("float64")
     df["aspect"] = pd.concat([w, h], axis=1).max(axis=1) / pd.concat([w, h], axis=1).min(axis=1)
-    df["decodes"] = df["decodes"].astype(bool)
+    df["decodes"] = df["decodes"].astype(object)  # True / False / None (not attempted: GX skips nulls)
     return df
 
 
@@ -193,6 +193,11 @@ def _dataset_failure(check: str, n_files: int, n_valid: int, data: DataConfig) -
     return f"quarantined fraction <= data.max_bad_fraction ({data.max_bad_fraction}): {frac:.3f} ({bad} of {n_files})"
 
 
+def _plain(value: Any) -> Any:
+    """numpy scalars -> Python numbers, so GateResult is plain JSON."""
+    return value.item() if hasattr(value, "item") else value
+
+
 def _write_manifest(valid: pd.DataFrame, path: Path, meta: dict[str, str]) -> None:
     table = pa.Table.from_pandas(valid[MANIFEST_SCHEMA.names].reset_index(drop=True), schema=MANIFEST_SCHEMA,
                                  preserve_index=False)
@@ -257,7 +262,7 @@ def run_data_gate(source: str, out_dir: Path, data: DataConfig, resolution: int)
               for r in dataset_result.results if not r.success]
     checks = [{"suite": suite, "check": r.expectation_config.meta["check"], "expectation": r.expectation_config.type,
                "success": bool(r.success), "unexpected_count": int(r.result.get("unexpected_count") or 0),
-               "observed_value": r.result.get("observed_value")}
+               "observed_value": _plain(r.result.get("observed_value"))}
               for suite, res in (("files", files_result), ("dataset", dataset_result)) for r in res.results]
     by_reason = Counter(reason.split(":", 1)[0] for reason in reasons.values())
 

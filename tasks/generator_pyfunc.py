@@ -7,6 +7,7 @@ Input: noise z, float32 (n, z_dim). Output: images, float32 (n, C, H, W) in [-1,
 """
 
 import json
+
 import numpy as np
 import torch
 from mlflow.models import set_model

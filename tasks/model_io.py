@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import mlflow
@@ -68,9 +69,10 @@ def log_generator(state_or_G: GANState | nn.Module, config: Config, name: str = 
                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         active = mlflow.active_run()
         resume = run_id is not None and (active is None or active.info.run_id != run_id)
-        with mlflow.start_run(run_id=run_id) if resume else contextlib.nullcontext():
+        with mlflow.start_run(run_id=run_id) if resume else contextlib.nullcontext(), warnings.catch_warnings():
             if mlflow.active_run() is None:
                 raise RuntimeError("log_generator: no active MLflow run; pass run_id= or use start_training_run")
+            warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
             return mlflow.pyfunc.log_model(
                 name=name,
                 python_model=str(PYFUNC_SOURCE),
@@ -135,4 +137,19 @@ def load_generator(uri: str) -> nn.Module:
                                  str(Path(local) / arts[STATE_DICT_KEY]["path"]))
 
 
-__all__ = ["log_generator", "load_generator", "check_model_uri", "ModelNotFoundError", "pip_requirements"]
+
+
+def write_samples(uri: str, n: int, out: str | Path, *, seed: int = 0, each_dir: str | Path | None = None,
+                  scale: int = 2) -> tuple[Path, Path | None]:
+    """n images from the model at `uri` as one grid PNG (and one PNG each); the same seed, the same images."""
+    from models.grid import make_grid, sample, save_png, to_uint8
+
+    G = load_generator(uri)
+    mc = G.config.model
+    images = to_uint8(sample(G, n, seed, mc.z_dim, mc.num_classes))            # (n, H, W, C) uint8
+    grid = save_png(make_grid(images), out, scale=scale)
+    if each_dir is not None:
+        each_dir = Path(each_dir)
+        for i, img in enumerate(images):
+            save_png(img, each_dir / f"sample_{i:04d}.png")
+    return grid, each_dir

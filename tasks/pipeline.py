@@ -124,7 +124,7 @@ def check_retrain(config: Config, fingerprint: str, force: bool) -> RetrainDecis
 def current_champion(model_name: str) -> str | None:
     configure_tracking()
     try:
-        return MlflowClient().get_model_version_by_alias(model_name, "champion").version
+        return str(MlflowClient().get_model_version_by_alias(model_name, "champion").version)
     except mlflow.exceptions.MlflowException:
         return None
 
@@ -167,16 +167,10 @@ def register_model(run_id: str, model_name: str, evaluation: Evaluation, fingerp
     return version
 
 
-def lower_is_better(metric: str) -> bool:
-    """Distances (fid, fd_*, kid, kd_*) go down as models improve; precision/recall/... go up."""
-    return metric.split("_")[0] in ("fid", "fd", "kid", "kd")
-
-
 @task(name="promote", cache_policy=NO_CACHE, **IO_RETRIES, retry_condition_fn=_io_error)
 def promote_model(model_name: str, version: str, primary_metric: str, margin: float) -> dict[str, Any]:
     configure_tracking()
-    d = promote(model_name, version, primary_metric, lower_is_better=lower_is_better(primary_metric),
-                margin=margin)
+    d = promote(model_name, version, primary_metric, margin=margin)   # direction follows the metric name
     get_run_logger().info(f"promotion: version {d.version} -> alias {d.alias}; champion is version "
                           f"{d.champion_version} ({d.reason})")
     return {"version": str(d.version), "champion_version": str(d.champion_version) if d.champion_version else None,

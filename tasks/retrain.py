@@ -61,9 +61,9 @@ def decide_retrain(experiment: str, fingerprint: str, cfg_hash: str, force: bool
         why = f"forced (an identical run exists: {last['run_id']})" if last else "forced"
         return RetrainDecision(True, why, fingerprint, cfg_hash, last and last["run_id"], last and last["version"])
     if last is None:
-        return RetrainDecision(True, f"no completed run on dataset {fingerprint} with config {cfg_hash}",
+        return RetrainDecision(True, f"no completed run on dataset {fingerprint[:12]} with config {cfg_hash}",
                                fingerprint, cfg_hash)
     return RetrainDecision(
         False, f"unchanged since run {last['run_id']} (version {last['version'] or '?'}): dataset fingerprint "
-               f"{fingerprint} and config hash {cfg_hash} are the same; pass force=True to train anyway",
+               f"{fingerprint[:12]} and config hash {cfg_hash} are the same; pass force=True to train anyway",
         fingerprint, cfg_hash, last["run_id"], last["version"] or None)

@@ -9,7 +9,6 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from spark_training.dfagd import train_dfagd
 
 import mlflow
 from models.checkpoint import load_checkpoint, read_checkpoint
@@ -18,6 +17,7 @@ from models.data import load_dataset
 from models.paths import data_home
 from models.step import GANState
 from models.trainer import LocalGradSource, train
+from spark_training.dfagd import DFAGDStats, train_dfagd
 from tasks.model_io import log_generator
 from tasks.retrain import TAG_CONFIG_HASH, TAG_FLOW_RUN, TAG_PIPELINE, RetrainDecision
 from tasks.tracking import MlflowSink, configure_tracking, start_training_run
@@ -90,8 +90,10 @@ def train_model(config: Config, gate: Any, decision: RetrainDecision, out_dir: s
         log.info(f"training {config.model.arch} ({config.preset} preset) for {total} steps with engine={engine}: "
                  f"{_engine_summary(config, engine)}; MLflow run {run.info.run_id}")
         if engine == "spark":
+            stats = DFAGDStats()
             state = train_dfagd(config, state=state, on_log=on_log, on_sample=sink.on_sample,
-                                on_checkpoint=sink.on_checkpoint, print_fn=log.info)
+                                on_checkpoint=sink.on_checkpoint, print_fn=log.info, stats_out=stats)
+            sink.log_metrics({f"dfagd_{k}_per_iter": v for k, v in stats.breakdown().items()}, step=state.step)
         else:
             state = _train_local(config, state, on_log, sink.on_sample, sink.on_checkpoint, log.info)
         wall = time.perf_counter() - t0

@@ -1,25 +1,38 @@
 """Scheduled-retraining skip logic against a real MLflow SQLite store (fast: no training, no Prefect)."""
 
-import mlflow
 import pytest
 
+import mlflow
 from models.config import resolve_config
-from tasks.retrain import (COMPLETED, TAG_CONFIG_HASH, TAG_FINGERPRINT, TAG_PIPELINE, TAG_VERSION, config_hash,
-                           decide_retrain)
+from tasks.retrain import (
+    COMPLETED,
+    TAG_CONFIG_HASH,
+    TAG_FINGERPRINT,
+    TAG_PIPELINE,
+    TAG_VERSION,
+    config_hash,
+    decide_retrain,
+)
 from tasks.tracking import configure_tracking, ensure_experiment
 
 EXP = "retrain-test"
 
 
-@pytest.fixture
-def store(tmp_path, monkeypatch):
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+@pytest.fixture(scope="module")
+def db(tmp_path_factory):
+    """One SQLite store for the module (creating one costs seconds); tests use their own fingerprints."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('retrain') / 'mlflow.db'}"
     configure_tracking(uri)
     ensure_experiment(EXP)
     yield uri
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
     configure_tracking()
+
+
+@pytest.fixture
+def store(db, request, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", db)
+    configure_tracking(db)
+    return request.node.name   # prefix that keeps this test's runs apart
 
 
 def _run(fp: str, h: str, pipeline: str = COMPLETED, status: str = "FINISHED", version: str = "1") -> str:
@@ -39,37 +52,37 @@ def test_config_hash_ignores_the_data_path_but_not_the_settings():
 
 
 def test_first_run_trains(store):
-    d = decide_retrain(EXP, "fp-a", "h1")
+    d = decide_retrain(EXP, f"{store}-a", "h1")
     assert d.train and "no completed run" in d.reason and d.last_run_id is None
 
 
 def test_same_data_and_config_skips_and_says_why(store):
-    run_id = _run("fp-a", "h1", version="3")
-    d = decide_retrain(EXP, "fp-a", "h1")
+    run_id = _run(f"{store}-a", "h1", version="3")
+    d = decide_retrain(EXP, f"{store}-a", "h1")
     assert not d.train and d.last_run_id == run_id and d.last_version == "3"
-    assert run_id in d.reason and "fp-a" in d.reason and "force" in d.reason
+    assert run_id in d.reason and f"{store}-a" in d.reason and "force" in d.reason
 
 
 def test_changed_data_or_config_trains(store):
-    _run("fp-a", "h1")
-    assert decide_retrain(EXP, "fp-b", "h1").train        # new data fingerprint
-    assert decide_retrain(EXP, "fp-a", "h2").train        # new config
+    _run(f"{store}-a", "h1")
+    assert decide_retrain(EXP, f"{store}-b", "h1").train        # new data fingerprint
+    assert decide_retrain(EXP, f"{store}-a", "h2").train        # new config
 
 
 def test_force_trains_even_when_unchanged(store):
-    run_id = _run("fp-a", "h1")
-    d = decide_retrain(EXP, "fp-a", "h1", force=True)
+    run_id = _run(f"{store}-a", "h1")
+    d = decide_retrain(EXP, f"{store}-a", "h1", force=True)
     assert d.train and d.reason.startswith("forced") and run_id in d.reason
 
 
 @pytest.mark.parametrize("pipeline,status", [("running", "FINISHED"), (COMPLETED, "FAILED")])
 def test_incomplete_or_failed_runs_do_not_count(store, pipeline, status):
-    _run("fp-a", "h1", pipeline=pipeline, status=status)
-    assert decide_retrain(EXP, "fp-a", "h1").train
+    _run(f"{store}-a", "h1", pipeline=pipeline, status=status)
+    assert decide_retrain(EXP, f"{store}-a", "h1").train
 
 
 def test_the_newest_completed_run_is_reported(store):
-    _run("fp-a", "h1", version="1")
-    newest = _run("fp-a", "h1", version="2")
-    d = decide_retrain(EXP, "fp-a", "h1")
+    _run(f"{store}-a", "h1", version="1")
+    newest = _run(f"{store}-a", "h1", version="2")
+    d = decide_retrain(EXP, f"{store}-a", "h1")
     assert d.last_run_id == newest and d.last_version == "2"

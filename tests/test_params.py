@@ -75,8 +75,9 @@ def test_flow_signature_validates_the_same_way(tmp_path):
 
 
 def test_deployment_parameter_schema_lists_the_parameters():
-    from flows.train_transsrgan import train_transsrgan
     from prefect.utilities.callables import parameter_schema
+
+    from flows.train_transsrgan import train_transsrgan
 
     schema = parameter_schema(train_transsrgan.fn).model_dump()
     props = schema["properties"]

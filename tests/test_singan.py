@@ -168,7 +168,10 @@ def test_sampling_at_other_sizes(trained):
     wide = sample(trained, 2, seed=0, scale_h=1.0, scale_w=2.0)
     assert wide.shape == (2, 3, h, 2 * w) and wide.abs().max() <= 1
     assert sample_at_size(trained, 1, 31, 17).shape == (1, 3, 31, 17)
-    assert torch.equal(sample(trained, 2, seed=5), sample(trained, 2, seed=5, batch_size=1))
+    # sample i depends on (seed, i) only; batching changes conv algorithms, so up to float rounding
+    assert torch.allclose(sample(trained, 3, seed=5), sample(trained, 3, seed=5, batch_size=2), atol=1e-6)
+    assert torch.allclose(sample(trained, 3, seed=5)[:2], sample(trained, 2, seed=5), atol=1e-6)
+    assert torch.equal(sample(trained, 2, seed=5), sample(trained, 2, seed=5))
     with pytest.raises(ValueError, match="start_scale"):
         sample(trained, 1, scale_w=2.0, start_scale=1)
 

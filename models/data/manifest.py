@@ -11,7 +11,6 @@ import hashlib
 import io
 import os
 import stat
-import warnings
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -36,7 +35,7 @@ class Entry:
     kind: str = "file"                  # file | symlink
     scan_error: str | None = None       # "code: detail" when the entry is not read at all
     decode_error: str | None = None     # "code: detail" when the file is read but is not a decodable image
-    decodes: bool = False
+    decodes: bool | None = None         # None: not attempted (scan_error)
     sha256: str | None = None
     bytes: int | None = None
     format: str | None = None
@@ -161,6 +160,7 @@ def _to_gray(img: Image.Image) -> np.ndarray:
 def probe(e: Entry, max_pixels: int) -> Entry:
     """Hash, header and downscaled decode of one file; errors land in e.decode_error, never raise."""
     path = e.path  # probed entries have UTF-8 names, so the display path is the real path
+    e.decodes = False
     try:
         size = os.stat(path).st_size
         e.bytes = size
@@ -184,6 +184,9 @@ def probe(e: Entry, max_pixels: int) -> Entry:
     except OSError as exc:
         e.decode_error = f"unreadable: {exc}"
         return e
+    # data.max_pixels is applied to the header below (and the message gives the size), so PIL's own bomb
+    # check, which refuses at open without saying the size, is off while probing and restored afterwards.
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
         with Image.open(src) as img:   # lazy: reads the header only
             e.format, e.mode = img.format, img.mode
@@ -202,18 +205,18 @@ def probe(e: Entry, max_pixels: int) -> Entry:
             gray = _to_gray(small)
             e.mean, e.std = float(gray.mean()), float(gray.std())
             e.decodes = True
-    except Image.DecompressionBombError as exc:
-        e.decode_error = f"too-large: {exc}"
+    except Image.UnidentifiedImageError:
+        e.decode_error = "decode-error: not an image PIL recognises (UnidentifiedImageError)"
     except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data; all mean "does not decode"
         e.decode_error = f"decode-error: {type(exc).__name__}: {exc}"
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
     return e
 
 
 def _probe_chunk(args: tuple[list[Entry], int]) -> list[Entry]:
     entries, max_pixels = args
-    with warnings.catch_warnings():  # PIL warns above MAX_IMAGE_PIXELS; probe() applies data.max_pixels itself
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        return [probe(e, max_pixels) for e in entries]
+    return [probe(e, max_pixels) for e in entries]
 
 
 def _chunks(items: list[Entry], n: int) -> Iterator[list[Entry]]:

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import torch
 
-from models.metrics.inception import FEATURE_DIM, Extractor
+from models.metrics.inception import Extractor
 
 
 def to_inception_input(images: np.ndarray, device: torch.device | str = "cpu") -> torch.Tensor:
@@ -18,19 +18,19 @@ def to_inception_input(images: np.ndarray, device: torch.device | str = "cpu") -
 
 def extract_features(images: np.ndarray, extractor: Extractor, batch_size: int = 100,
                      device: str = "cpu") -> tuple[np.ndarray, float]:
-    """uint8 (N, C, H, W) -> (float32 features (N, 2048), images per second)."""
+    """uint8 (N, C, H, W) -> (float32 features (N, D), images per second); D = 2048 for InceptionV3."""
     if batch_size < 1:
         raise ValueError(f"eval.batch_size: expected >= 1, got {batch_size}")
     n = len(images)
-    out = np.empty((n, FEATURE_DIM), np.float32)
+    out: list[np.ndarray] = []
     dev = torch.device(device)
     net = extractor.net.to(dev)
     t0 = time.perf_counter()
     with torch.inference_mode():
         for i in range(0, n, batch_size):
-            out[i:i + batch_size] = net(to_inception_input(images[i:i + batch_size], dev)).float().cpu().numpy()
+            out.append(net(to_inception_input(images[i:i + batch_size], dev)).float().cpu().numpy())
     dt = time.perf_counter() - t0
-    return out, (n / dt if dt > 0 and n else 0.0)
+    return np.concatenate(out).astype(np.float32, copy=False), (n / dt if dt > 0 and n else 0.0)
 
 
 def resolve_device(device: str) -> str:

@@ -8,11 +8,12 @@ from models.singan.state import SinGANState, draw_noise, rec_noise
 
 @torch.no_grad()
 def run_pyramid(state: SinGANState, *, stop: int | None = None, n: int = 1, start_scale: int = 0,
-                sizes: list[tuple[int, int]] | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+                sizes: list[tuple[int, int]] | None = None,
+                generator: torch.Generator | list[torch.Generator] | None = None) -> torch.Tensor:
     """Apply G_0 .. G_{stop-1}; returns the (n, C, H, W) output of scale stop-1 (not upsampled).
 
     Scales below `start_scale` use the reconstruction noise (fixed at the coarsest, zeros elsewhere), the
-    others fresh noise from `generator`: start_scale=0 gives fully random samples, start_scale=stop the
+    others fresh noise from `generator` (or one generator per sample): start_scale=0 gives fully random samples, start_scale=stop the
     deterministic reconstruction. Each scale's input is the previous output resized to its size.
     """
     stop = state.trained_scales if stop is None else stop
@@ -40,7 +41,8 @@ def reconstruct(state: SinGANState) -> torch.Tensor:
 
 def sample(state: SinGANState, n: int, seed: int = 0, *, scale_h: float = 1.0, scale_w: float = 1.0,
            start_scale: int = 0, batch_size: int = 16) -> torch.Tensor:
-    """n random samples (n, C, H', W') in [-1, 1]; the same seed gives the same images.
+    """n random samples (n, C, H', W') in [-1, 1]; sample i depends only on (seed, i), not on n or
+    batch_size (up to float rounding of batched convs); the same call always gives the same images.
 
     scale_h/scale_w resize the whole pyramid (e.g. 1 x 2 gives a panorama, 2 x 2 a larger texture);
     start_scale > 0 keeps the training image's coarse structure (less variation); only at the training size.
@@ -50,9 +52,9 @@ def sample(state: SinGANState, n: int, seed: int = 0, *, scale_h: float = 1.0, s
     if not 0 <= start_scale < max(state.trained_scales, 1):
         raise ValueError(f"start_scale: expected 0..{state.trained_scales - 1}, got {start_scale}")
     sizes = sample_sizes(state.sizes, scale_h, scale_w)
-    g = torch.Generator().manual_seed(seed)
-    out = [run_pyramid(state, n=min(batch_size, n - i), start_scale=start_scale, sizes=sizes, generator=g)
-           for i in range(0, n, batch_size)]
+    gens = [torch.Generator().manual_seed((seed * 1_000_003 + i) % 2**63) for i in range(n)]
+    out = [run_pyramid(state, n=len(gens[i:i + batch_size]), start_scale=start_scale, sizes=sizes,
+                       generator=gens[i:i + batch_size]) for i in range(0, n, batch_size)]
     return torch.cat(out).clamp(-1, 1)
 
 

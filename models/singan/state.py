@@ -70,11 +70,17 @@ def init_state(image: torch.Tensor, cfg: SinGANConfig) -> SinGANState:
     return SinGANState(config=cfg, image=finest, sizes=sizes, z_rec=z_rec)
 
 
-def draw_noise(scale: int, n: int, size: tuple[int, int], channels: int, generator: torch.Generator,
-               device: torch.device) -> torch.Tensor:
-    """(n, C, H, W) standard normal; at the coarsest scale one channel replicated to C (official code)."""
+def draw_noise(scale: int, n: int, size: tuple[int, int], channels: int,
+               generator: torch.Generator | list[torch.Generator], device: torch.device) -> torch.Tensor:
+    """(n, C, H, W) standard normal; at the coarsest scale one channel replicated to C (official code).
+
+    A list of n generators draws each sample from its own stream (samples independent of batching).
+    """
     c = 1 if scale == 0 else channels
-    z = torch.randn((n, c, *size), generator=generator).to(device)
+    if isinstance(generator, list):
+        z = torch.cat([torch.randn((1, c, *size), generator=g) for g in generator]).to(device)
+    else:
+        z = torch.randn((n, c, *size), generator=generator).to(device)
     return z.expand(n, channels, *size) if c != channels else z
 
 

@@ -1,0 +1,165 @@
+"""`transsrgan bench speedup`: DFAGD against its peers on the same model, global batch and data, in one run.
+
+Runs, each with `warmup` untimed iterations first:
+  (a) torch  plain single-process PyTorch (the reference trainer), threads = the cores DFAGD-N uses
+  (b) dfagd  DFAGD with 1 worker
+  (c) dfagd  DFAGD with N workers (every N in --workers except 1)
+  (d) ddp    data-parallel PyTorch, gloo, N processes through pyspark's TorchDistributor
+and fits the cost model (spark_training.cost_model) to the DFAGD runs. Returns the PRODUCT.md JSON dict;
+the caller logs to MLflow (this package does not import it).
+"""
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from models import count_params
+from models.config import Config, resolve_config
+from models.data import ImageSet, load_dataset
+from models.step import build_state
+from models.trainer import LocalGradSource, train
+from spark_training.cost_model import Measurement, bytes_per_worker, fit, predict_grid
+from spark_training.dfagd import DFAGDJob, validate_dfagd
+from spark_training.session import spark_session
+
+
+def bench_config(preset: str, workers: int, steps: int, overrides: dict[str, Any] | None = None) -> Config:
+    over = {"train.steps": steps, "train.log_every": 0, "train.sample_every": 0, "train.checkpoint_every": 0,
+            "spark.workers": workers, **(overrides or {})}
+    return resolve_config(preset, over)
+
+
+def _run(mode: str, workers: int, batch: int, wall_s: float, steps: int, **extra: Any) -> dict[str, Any]:
+    s_per_iter = wall_s / steps
+    return {"mode": mode, "workers": workers, **extra, "images_per_s": round(batch / s_per_iter, 3),
+            "s_per_iter": round(s_per_iter, 4)}
+
+
+def time_torch(cfg: Config, data: ImageSet, warmup: int, steps: int, threads: int) -> float:
+    """(a): the reference trainer in this process with `threads` torch threads; seconds for `steps` iterations."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        state, source = build_state(cfg), LocalGradSource(data, cfg)
+        train(state, source, steps=warmup, print_fn=None)
+        t0 = time.perf_counter()
+        train(state, source, steps=warmup + steps, print_fn=None)
+        return time.perf_counter() - t0
+    finally:
+        torch.set_num_threads(old)
+
+
+def time_dfagd(spark, cfg: Config, data: ImageSet, warmup: int, steps: int) -> tuple[float, dict[str, float], Any]:
+    """(b)/(c): one long-lived DFAGD job; returns (seconds for `steps`, breakdown per iteration, stats)."""
+    validate_dfagd(cfg)
+    state = build_state(cfg)
+    with DFAGDJob(spark, cfg, data) as source:
+        train(state, source, steps=warmup, print_fn=None)
+        source.stats.reset()
+        t0 = time.perf_counter()
+        train(state, source, steps=warmup + steps, print_fn=None)
+        wall = time.perf_counter() - t0
+        stats = source.stats
+    return wall, {k: round(v, 4) for k, v in stats.breakdown(wall).items()}, stats
+
+
+def bench_speedup(preset: str = "demo", workers: tuple[int, ...] = (1, 2), steps: int = 10, warmup: int = 2,
+                  master: str | None = None, threads_per_worker: int = 1, ddp: bool = True,
+                  overrides: dict[str, Any] | None = None,
+                  print_fn: Callable[[str], None] | None = print) -> dict[str, Any]:
+    """Measure (a)-(d) and fit the cost model; returns the `bench speedup` JSON dict of PRODUCT.md."""
+    say = print_fn or (lambda _m: None)
+    ns = sorted(set(workers) | {1})
+    top = max(ns)
+    over = {"spark.threads_per_worker": threads_per_worker, **(overrides or {})}
+    if master:
+        over["spark.master"] = master
+    else:
+        over.setdefault("spark.master", f"local[{top}]")
+    # data.partitions defaults to spark.workers: each run uses its natural split (DFAGD-1 = whole batch at once)
+    base = bench_config(preset, top, steps, over)
+    data = load_dataset(base.data.source, base.model.resolution, base.model.channels, base.data.limit)
+    batch = base.train.batch_size
+    runs: list[dict[str, Any]] = []
+    threads = top * threads_per_worker
+
+    say(f"bench speedup: preset {preset}, global batch {batch}, {steps} timed + {warmup} warm-up iterations, "
+        f"workers {ns}, {len(data)} images")
+    wall = time_torch(base, data, warmup, steps, threads)
+    torch_tp = batch * steps / wall
+    runs.append(_run("torch", 1, batch, wall, steps, threads=threads))
+    say(f"  torch  1 process x {threads} threads: {wall / steps:.3f} s/iter")
+
+    measurements: list[Measurement] = []
+    dfagd_tp: dict[int, float] = {}
+    ddp_tp: dict[int, float] = {}
+    with spark_session(base.spark, "transsrgan-bench-speedup") as spark:
+        for n in ns:
+            cfg = bench_config(preset, n, steps, over)
+            wall, breakdown, stats = time_dfagd(spark, cfg, data, warmup, steps)
+            runs.append(_run("dfagd", n, batch, wall, steps, breakdown=breakdown))
+            dfagd_tp[n] = batch * steps / wall
+            measurements.append(Measurement(n, **breakdown))
+            say(f"  dfagd  {n} worker(s): {wall / steps:.3f} s/iter  {breakdown}  "
+                f"({stats.bytes_sent / max(stats.iterations, 1) / 1e6:.1f} MB out per iteration)")
+        if ddp:
+            for n in [n for n in ns if n > 1]:
+                cfg = bench_config(preset, n, steps, over)
+                out = _ddp(cfg, n, warmup, steps, threads_per_worker)
+                runs.append(_run("ddp", n, batch, out["wall_s"], steps))
+                ddp_tp[n] = batch * steps / out["wall_s"]
+                say(f"  ddp    {n} processes (TorchDistributor, gloo): {out['wall_s'] / steps:.3f} s/iter "
+                    f"(all-reduce {out['allreduce_s'] / steps:.3f} s/iter)")
+
+    result: dict[str, Any] = {"preset": preset, "global_batch": batch, "steps": steps, "runs": runs,
+                              "speedup": {}, "efficiency": {}, "vs_torch": {}, "vs_ddp": {}}
+    for n in ns:
+        if n == 1:
+            continue
+        sp = dfagd_tp[n] / dfagd_tp[1]
+        result["speedup"][str(n)] = round(sp, 3)
+        result["efficiency"][str(n)] = round(sp / n, 3)
+        result["vs_torch"][str(n)] = round(dfagd_tp[n] / torch_tp, 3)
+        if n in ddp_tp:
+            result["vs_ddp"][str(n)] = round(dfagd_tp[n] / ddp_tp[n], 3)
+    st = build_state(base)
+    model = fit(measurements, batch, base.train.n_critic + 1,
+                bytes_per_worker(count_params(st.G), count_params(st.D), base.train.n_critic,
+                                 base.spark.exchange_dtype))
+    result["model_prediction"] = predict_grid(model)
+    result["model_assumptions"] = model.assumptions()
+    result["warmup_steps"] = warmup
+    result["master"] = base.spark.master
+    return result
+
+
+def _ddp(cfg: Config, n: int, warmup: int, steps: int, threads: int) -> dict[str, float]:
+    from spark_training.ddp_peer import run_ddp
+
+    return run_ddp(cfg.to_dict(), n, warmup, steps, threads)
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The result as Markdown: runs, ratios, cost-model predictions and assumptions."""
+    lines = [f"### DFAGD speed-up: preset `{result['preset']}`, global batch {result['global_batch']}, "
+             f"{result['steps']} timed iterations", "",
+             "| mode | workers | images/s | s/iter | compute s | exchange s | scheduling s |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in result["runs"]:
+        b = r.get("breakdown") or {}
+        who = f"{r['workers']} ({r['threads']} threads)" if r["mode"] == "torch" else str(r["workers"])
+        lines.append(f"| {r['mode']} | {who} | {r['images_per_s']:.2f} | {r['s_per_iter']:.3f} | "
+                     + " | ".join(f"{b[k]:.3f}" if k in b else "" for k in ("compute_s", "exchange_s", "scheduling_s"))
+                     + " |")
+    lines += ["", "| N | speed-up vs 1 worker | efficiency | vs plain torch | vs DDP |", "|---:|---:|---:|---:|---:|"]
+    for n in result["speedup"]:
+        lines.append(f"| {n} | {result['speedup'][n]:.2f} | {result['efficiency'][n]:.2f} | "
+                     f"{result['vs_torch'][n]:.2f} | {result['vs_ddp'].get(n, float('nan')):.2f} |")
+    lines += ["", "Cost model prediction:", "", "| executors | network | speed-up | efficiency |",
+              "|---:|---:|---:|---:|"]
+    for p in result["model_prediction"]:
+        lines.append(f"| {p['executors']} | {p['network_gbit']:g} Gbit | {p['speedup']:.2f} | {p['efficiency']:.2f} |")
+    lines += ["", "Assumptions:"] + [f"- {a}" for a in result.get("model_assumptions", [])]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,103 @@
+"""A cost model of one DFAGD iteration, fitted to measured runs, that predicts speed-up on bigger clusters.
+
+    T(N, bw) = compute(N) + exchange(N, bytes, bw) + scheduling(N)                       seconds / iteration
+    compute(N)    = c0 + c_img * b(N)              b(N) = max(B / N, 1) images per worker (strong scaling
+                                                   of the global batch B while it divides; >= 1 image each)
+    exchange(N)   = x0 + x1 * N                    serialization + loopback transfer, fitted
+                  + N * bytes_per_worker / bw      the driver's NIC carries every worker's traffic (star)
+                  + reductions * rtt               one round trip per synchronous reduction
+    scheduling(N) = s0 + s1 * log2(N)              waiting for the slowest of N workers (straggler ~ log N)
+    throughput(N) = N * b(N) / T(N);   speedup(N) = throughput(N) / throughput(1);   efficiency = speedup / N
+"""
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass
+class Measurement:
+    workers: int
+    compute_s: float          # per iteration (slowest worker, summed over the iteration's reductions)
+    exchange_s: float
+    scheduling_s: float
+
+
+@dataclass
+class CostModel:
+    global_batch: int
+    reductions: int           # per iteration: n_critic + 1
+    bytes_per_worker: float   # per iteration, both directions, one worker
+    c0: float
+    c_img: float
+    x0: float
+    x1: float
+    s0: float
+    s1: float
+    rtt_s: float = 200e-6     # assumed LAN round trip per reduction
+
+    def images_per_worker(self, n: int) -> float:
+        return max(self.global_batch / n, 1.0)
+
+    def iteration_s(self, n: int, network_gbit: float) -> float:
+        bw = network_gbit * 1e9 / 8                                     # bytes / s
+        compute = self.c0 + self.c_img * self.images_per_worker(n)
+        exchange = self.x0 + self.x1 * n + n * self.bytes_per_worker / bw + self.reductions * self.rtt_s
+        scheduling = self.s0 + self.s1 * math.log2(n)
+        return compute + max(exchange, 0.0) + max(scheduling, 0.0)
+
+    def throughput(self, n: int, network_gbit: float) -> float:
+        return n * self.images_per_worker(n) / self.iteration_s(n, network_gbit)
+
+    def predict(self, n: int, network_gbit: float) -> dict[str, float]:
+        speedup = self.throughput(n, network_gbit) / self.throughput(1, network_gbit)
+        return {"executors": n, "network_gbit": network_gbit, "speedup": round(speedup, 3),
+                "efficiency": round(speedup / n, 3), "s_per_iter": round(self.iteration_s(n, network_gbit), 4)}
+
+    def assumptions(self) -> list[str]:
+        mb = self.bytes_per_worker / 1e6
+        return [
+            "each executor runs one DFAGD worker like the measured ones (same cores, same per-image compute cost)",
+            f"global batch {self.global_batch} split evenly; beyond {self.global_batch} executors each gets 1 image "
+            "(the global batch grows), so speed-up is a throughput (images/s) ratio",
+            f"every iteration moves {mb:.1f} MB per worker through the driver (weights out, gradients back, "
+            "star topology, no compression); the driver's link is the bottleneck",
+            f"{self.reductions} synchronous reductions per iteration, {self.rtt_s * 1e6:.0f} us round trip each",
+            "straggler wait grows with log2(executors), fitted from the measured scheduling time",
+            "fitted: " + ", ".join(f"{k}={v:.4g}" for k, v in asdict(self).items()
+                                   if k in ("c0", "c_img", "x0", "x1", "s0", "s1")),
+        ]
+
+
+def _fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """Least squares y = a + b x; one point gives b = 0."""
+    if len(set(xs)) < 2:
+        return float(np.mean(ys)), 0.0
+    A = np.stack([np.ones(len(xs)), np.asarray(xs, dtype=float)], axis=1)
+    (a, b), *_ = np.linalg.lstsq(A, np.asarray(ys, dtype=float), rcond=None)
+    return float(a), float(b)
+
+
+def fit(measurements: list[Measurement], global_batch: int, reductions: int, bytes_per_worker: float) -> CostModel:
+    """Fit c0/c_img, x0/x1, s0/s1 to DFAGD runs with different worker counts (at least one)."""
+    if not measurements:
+        raise ValueError("cost model: need at least one DFAGD measurement")
+    ns = [m.workers for m in measurements]
+    c0, c_img = _fit_line([global_batch / n for n in ns], [m.compute_s for m in measurements])
+    if c_img <= 0:                      # noise: attribute all compute to the images
+        c0, c_img = 0.0, float(np.mean([m.compute_s * m.workers / global_batch for m in measurements]))
+    x0, x1 = _fit_line([float(n) for n in ns], [m.exchange_s for m in measurements])
+    s0, s1 = _fit_line([math.log2(n) for n in ns], [m.scheduling_s for m in measurements])
+    return CostModel(global_batch, reductions, bytes_per_worker, c0, c_img, x0, max(x1, 0.0), s0, max(s1, 0.0))
+
+
+def bytes_per_worker(g_params: int, d_params: int, n_critic: int, exchange_dtype: str = "float32") -> float:
+    """Per iteration: G weights once + D weights n_critic times out (float32); the same gradients back."""
+    grad_bytes = 4 if exchange_dtype == "float32" else 2
+    return (g_params + n_critic * d_params) * (4 + grad_bytes)
+
+
+def predict_grid(model: CostModel, executors: tuple[int, ...] = (8, 32, 128),
+                 networks_gbit: tuple[float, ...] = (1, 10)) -> list[dict[str, float]]:
+    return [model.predict(n, g) for n in executors for g in networks_gbit]

@@ -1,0 +1,179 @@
+"""Evaluation end to end: names, cache, the MLflow tag, pictures, the CLI.
+
+InceptionV3 costs ~6 GFLOPs per image (inputs are resized to 299x299), about 1 image/s on this shared 2-core
+machine, so the fast tests swap in a small seeded conv net through the `small_extractor` fixture (same
+Extractor contract, the random extractor's id); the tests marked slow run the real random-weight InceptionV3.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from models.config import EvalConfig
+from models.data import load_dataset
+from models.metrics import evaluate_images
+from models.metrics import inception as inc
+from models.metrics.features import extract_features
+
+FAST_METRICS = ("kid", "prdc", "msssim_diversity")   # FID's 2048x2048 sqrtm alone takes ~30-100 s here
+
+
+
+
+@pytest.fixture
+def no_weights(tmp_path, monkeypatch):
+    """An empty torch hub cache and no env var (the same fixture as in test_metrics.py)."""
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    monkeypatch.delenv(inc.ENV_VAR, raising=False)
+    yield tmp_path
+    torch.hub.set_dir(old)
+
+
+@pytest.fixture
+def small_extractor(no_weights, monkeypatch):
+    """A 256-d seeded random conv net standing in for InceptionV3 inside evaluate_images."""
+    import models.metrics.evaluate as ev
+    from models.metrics.inception import Extractor
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 32, 3, padding=1), torch.nn.ReLU(), torch.nn.AvgPool2d(2),
+                              torch.nn.Conv2d(32, 64, 3, padding=1), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten()).eval()
+    real_load = ev.load_extractor
+
+    def load(weights, allow_random, seed, download=True):
+        real_load(weights, allow_random, seed, download=False)   # keeps the weights policy (errors) real
+        return Extractor(net, inc.random_id(seed), False)
+
+    monkeypatch.setattr(ev, "load_extractor", load)
+    monkeypatch.setattr(inc, "_build", lambda path, seed: None)   # don't build the real network
+    return net
+
+
+@pytest.fixture(scope="module")
+def digits16():
+    return load_dataset("digits", 16, 1, limit=400).images
+
+
+def _cfg(n: int, **kw) -> EvalConfig:
+    base = dict(n_samples=n, allow_random_features=True, download_weights=False, metrics=FAST_METRICS,
+                prdc_k=3, kid_subsets=10, diversity_pairs=200, batch_size=4)
+    return EvalConfig(**{**base, **kw})
+
+
+@pytest.mark.slow
+def test_inception_features_do_not_depend_on_batch_size(no_weights, digits16):
+    ex = inc.load_extractor("", allow_random=True, download=False)
+    x = digits16[:4]
+    f1, ips = extract_features(x, ex, batch_size=1)
+    f4, _ = extract_features(x, ex, batch_size=4)
+    assert ips > 0 and f1.shape == (4, inc.FEATURE_DIM)
+    assert np.allclose(f1, f4, rtol=1e-4, atol=1e-5)
+
+
+def test_metrics_do_not_depend_on_batch_size(small_extractor, digits16):
+    real, fake = digits16[:12], digits16[200:212]
+    a = evaluate_images(fake, real, config=_cfg(12, batch_size=1, cache_real=False))
+    b = evaluate_images(fake, real, config=_cfg(12, batch_size=12, cache_real=False))
+    assert a.metrics.keys() == b.metrics.keys()
+    for k in a.metrics:
+        assert a.metrics[k] == pytest.approx(b.metrics[k], rel=1e-4, abs=1e-7), k
+
+
+def test_random_fallback_names_metrics_and_constant_generator_scores_worse(small_extractor, no_weights, digits16):
+    real, fake = digits16[:12], digits16[200:212]
+    constant = np.repeat(digits16[300:301], 12, axis=0)
+    cache_dir = no_weights / "cache"
+    good = evaluate_images(fake, real, config=_cfg(12), cache_dir=cache_dir)
+    assert good.extractor == "inception-v3-random-seed0" and not good.standard_weights
+    assert set(good.metrics) == {"kd_inception_random", "precision_inception_random", "recall_inception_random",
+                                 "density_inception_random", "coverage_inception_random", "msssim_diversity"}
+    assert good.primary_metric_name == "fd_inception_random"
+    assert good.feature_images_per_s > 0 and not good.real_cache_hit
+    bad = evaluate_images(constant, real, config=_cfg(12), cache_dir=cache_dir)
+    assert bad.real_cache_hit                       # the real side came from the .npz
+    assert bad.metrics["msssim_diversity"] == pytest.approx(1.0)
+    assert bad.metrics["msssim_diversity"] > good.metrics["msssim_diversity"]
+    assert bad.metrics["recall_inception_random"] < good.metrics["recall_inception_random"]
+    assert bad.metrics["kd_inception_random"] > good.metrics["kd_inception_random"]
+
+
+def test_bad_inputs_name_the_parameter(small_extractor, digits16):
+    with pytest.raises(ValueError, match="fake: expected uint8"):
+        evaluate_images(digits16[:4].astype(np.float32), digits16[:4], config=_cfg(4))
+    with pytest.raises(ValueError, match="eval.metrics"):
+        evaluate_images(digits16[:4], digits16[:4], config=_cfg(4, metrics=("fid", "nope")))
+    from models.config import ConfigError
+
+    with pytest.raises(ConfigError, match="eval.n_samples"):
+        evaluate_images(digits16[:4], digits16[:4], config=_cfg(3, prdc_k=5))
+    from models.metrics import InceptionWeightsError
+
+    with pytest.raises(InceptionWeightsError, match="--allow-random-features"):
+        evaluate_images(digits16[:4], digits16[:4], config=_cfg(4, allow_random_features=False))
+
+
+def test_evaluate_generator_logs_metrics_tag_and_pictures_to_mlflow(small_extractor, no_weights):
+    import mlflow
+    from mlflow import MlflowClient
+    from models import build_generator
+    from models.config import resolve_config
+    from tasks.evaluate import evaluate_generator
+
+    cfg = resolve_config("tiny")
+    torch.manual_seed(0)
+    G = build_generator(cfg.model)
+    uri = f"sqlite:///{no_weights / 'mlflow.db'}"
+    old_uri = mlflow.get_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        exp = mlflow.create_experiment("eval-test", artifact_location=(no_weights / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=exp) as run:
+            res = evaluate_generator(G, "digits", _cfg(8), cfg.model, seed=0)
+        client = MlflowClient(uri)
+        data = client.get_run(run.info.run_id).data
+        assert data.tags["feature_extractor"] == res.extractor == "inception-v3-random-seed0"
+        assert data.metrics["kd_inception_random"] == pytest.approx(res.metrics["kd_inception_random"])
+        assert "kid" not in data.metrics and "fid" not in data.metrics and "feature_images_per_s" in data.metrics
+        names = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
+        assert names == {"samples/real_vs_fake.png", "samples/eval_fixed_noise.png"}
+    finally:
+        mlflow.set_tracking_uri(old_uri)
+
+
+def _write_pngs(folder, images):
+    from PIL import Image
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, im in enumerate(images):
+        Image.fromarray(im[0]).save(folder / f"{i:04d}.png")
+
+
+def test_cli_without_weights_exits_2_with_how_to(no_weights, digits16, capsys):
+    from flows.cli import main
+
+    _write_pngs(no_weights / "fake", digits16[:8])
+    assert main(["evaluate", "--fake", str(no_weights / "fake"), "--real", "digits", "--n", "8"]) == 2
+    err = capsys.readouterr().err
+    assert "--inception-weights" in err and "TRANSSRGAN_INCEPTION_WEIGHTS" in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_cli_fake_folder_full_metric_table_and_json(no_weights, digits16, capsys):
+    """All default metrics, FID included (its 2048-d sqrtm dominates the time on CPU)."""
+    from flows.cli import main
+
+    _write_pngs(no_weights / "fake", digits16[:10])
+    out = no_weights / "m.json"
+    assert main(["evaluate", "--fake", str(no_weights / "fake"), "--real", "digits", "--n", "10",
+                 "--allow-random-features", "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "fd_inception_random" in text and "inception-v3-random-seed0" in text
+    payload = json.loads(out.read_text())
+    assert set(payload["metrics"]) == {"fd_inception_random", "kd_inception_random", "precision_inception_random",
+                                       "recall_inception_random", "density_inception_random",
+                                       "coverage_inception_random", "msssim_diversity"}
+    assert payload["primary_metric"] == "fd_inception_random" and payload["metrics"]["fd_inception_random"] >= 0
