@@ -1,31 +1,37 @@
-"""Models: TransSRGAN, the DCGAN baseline, losses and the single-step GAN math (torch and numpy only)."""
+"""Models: TransSRGAN, the DCGAN baseline, losses and the single-step GAN math (torch and numpy only).
 
-from torch import nn
+torch is imported lazily, so `from models.config import ...` (the CLI, flow parameters) stays cheap.
+"""
 
-from models.config import Config, ModelConfig
-from models.dcgan import DCGANGenerator
-from models.discriminator import Discriminator
-from models.transsrgan import TransSRGenerator, init_weights
+from typing import TYPE_CHECKING, Any
 
-GENERATORS = {"transsrgan": TransSRGenerator, "dcgan": DCGANGenerator}
+if TYPE_CHECKING:
+    from torch import nn
+
+    from models.config import ModelConfig
+
+__all__ = ["build_generator", "build_discriminator", "count_params"]
 
 
-def build_generator(config: ModelConfig) -> nn.Module:
+def build_generator(config: "ModelConfig") -> "nn.Module":
+    from models.dcgan import DCGANGenerator
+    from models.transsrgan import TransSRGenerator, init_weights
+
     config.validate()
-    g = GENERATORS[config.arch](config)
+    g = {"transsrgan": TransSRGenerator, "dcgan": DCGANGenerator}[config.arch](config)
     init_weights(g)
     return g
 
 
-def build_discriminator(config: ModelConfig) -> nn.Module:
+def build_discriminator(config: "ModelConfig") -> "nn.Module":
+    from models.discriminator import Discriminator
+    from models.transsrgan import init_weights
+
     config.validate()
     d = Discriminator(config)
     init_weights(d)
     return d
 
 
-def count_params(module: nn.Module) -> int:
+def count_params(module: Any) -> int:
     return sum(p.numel() for p in module.parameters())
-
-
-__all__ = ["Config", "ModelConfig", "build_generator", "build_discriminator", "count_params"]

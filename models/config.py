@@ -209,6 +209,7 @@ class Config:
         self.train.validate()
         self.data.validate()
         self.spark.validate()
+        self.eval.validate()
         parts = self.data.partitions or self.spark.workers
         _check(parts % self.spark.workers == 0, "data.partitions",
                f"a multiple of spark.workers ({self.spark.workers})", parts)
@@ -255,7 +256,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "d_channels": 32, "d_max_channels": 128},
         "train": {"steps": 800, "batch_size": 32, "n_critic": 2, "ema_decay": 0.99, "ema_start": 50,
                   "log_every": 25, "sample_every": 200, "checkpoint_every": 200},
-        "eval": {"n_samples": 500},
+        "eval": {"n_samples": 256},
     },
     # Thesis scale: 64x64 RGB, wider and deeper; hours on CPU, minutes per 1k steps on a GPU.
     "full": {

@@ -3,10 +3,10 @@
 import tempfile
 from pathlib import Path
 
+import mlflow
 import numpy as np
 from torch import nn
 
-import mlflow
 from models.config import EvalConfig, ModelConfig
 from models.data import load_dataset
 from models.grid import make_grid, sample, save_png, to_uint8

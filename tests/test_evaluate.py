@@ -119,6 +119,7 @@ def test_bad_inputs_name_the_parameter(small_extractor, digits16):
 def test_evaluate_generator_logs_metrics_tag_and_pictures_to_mlflow(small_extractor, no_weights):
     import mlflow
     from mlflow import MlflowClient
+
     from models import build_generator
     from models.config import resolve_config
     from tasks.evaluate import evaluate_generator
