@@ -97,5 +97,6 @@ def describe_error(exc: ValidationError, names: dict[str, str] | None = None) ->
             continue
         name = str(err["loc"][0])
         label = (names or {}).get(name, name)
-        parts.append(f"{label}: {msg} (got {err['input']!r})")
+        got = "" if repr(err.get("input")) in msg else f" (got {err.get('input')!r})"
+        parts.append(f"{label}: {msg}{got}")
     return "; ".join(parts)

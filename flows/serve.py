@@ -1,7 +1,5 @@
-"""The served deployments: train-transsrgan (and train-singan once it exists), each with the retraining cron."""
+"""The served deployments: train-transsrgan and train-singan, each with the retraining cron."""
 
-import importlib
-import importlib.util
 from typing import Any
 
 from prefect import Flow, serve
@@ -9,18 +7,14 @@ from prefect.deployments.runner import RunnerDeployment
 from prefect.types.entrypoint import EntrypointType
 
 DEFAULT_CRON = "0 3 * * *"   # daily at 03:00 (the server's timezone, UTC by default)
-# (deployment name == flow name, module, flow object name)
-FLOWS = (("train-transsrgan", "flows.train_transsrgan", "train_transsrgan"),
-         ("train-singan", "flows.train_singan", "train_singan"))
 
 
-def available_flows() -> list[Flow]:
-    """The flows whose module exists in this checkout (train-singan lands later)."""
-    out = []
-    for _name, module, attr in FLOWS:
-        if importlib.util.find_spec(module) is not None:
-            out.append(getattr(importlib.import_module(module), attr))
-    return out
+def flows_to_serve() -> list[Flow]:
+    """Each deployment has its flow's name: train-transsrgan/train-transsrgan, train-singan/train-singan."""
+    from flows.train_singan import train_singan
+    from flows.train_transsrgan import train_transsrgan
+
+    return [train_transsrgan, train_singan]
 
 
 def build_deployments(cron: str | None = DEFAULT_CRON, parameters: dict[str, Any] | None = None,
@@ -30,11 +24,11 @@ def build_deployments(cron: str | None = DEFAULT_CRON, parameters: dict[str, Any
     Module-path entrypoints let the runner import the flow from the installed package, whatever its cwd.
     """
     deployments = []
-    for fl in available_flows():
+    for fl in flows_to_serve():
         deployments.append(fl.to_deployment(
             name=fl.name, cron=cron or None, paused=paused, parameters=parameters or {},
             entrypoint_type=EntrypointType.MODULE_PATH,
-            description=f"{fl.name}: {fl.description or ''}".strip(),
+            description=fl.description,
             tags=["transsrgan", "retraining" if cron else "manual"]))
     return deployments
 

@@ -150,10 +150,12 @@ class SparkConfig:
     connect_timeout_s: float = 10.0  # spark:// and k8s:// masters must answer a TCP connect within this
     extra_conf: dict[str, str] = field(default_factory=dict)  # any other Spark conf, e.g. spark.kubernetes.*
     fail_once_partition: int = -1  # TEST ONLY: this worker task raises on its first attempt (retry tests)
+    driver_threads: int = 1       # torch threads of the driver's optimizer step (it shares cores with local workers)
 
     def validate(self) -> None:
         _check(self.workers >= 1, "spark.workers", ">= 1", self.workers)
         _check(self.task_max_failures >= 1, "spark.task_max_failures", ">= 1", self.task_max_failures)
+        _check(self.driver_threads >= 1, "spark.driver_threads", ">= 1", self.driver_threads)
         _check(self.connect_timeout_s > 0, "spark.connect_timeout_s", "> 0", self.connect_timeout_s)
         _check(isinstance(self.extra_conf, dict), "spark.extra_conf", "a mapping of Spark conf keys to values",
                self.extra_conf)
@@ -266,6 +268,25 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"steps": 100_000, "batch_size": 64, "n_critic": 5, "lr_g": 1e-4, "lr_d": 1e-4,
                   "log_every": 100, "sample_every": 2000, "checkpoint_every": 2000},
         "eval": {"n_samples": 10_000},
+    },
+    # `bench quality` on the digits at 32x32 (docs/quality.md): tuned for quality per wall-clock second on CPU.
+    # Both models of the benchmark use it; only model.arch differs (DCGAN keeps dcgan_channels = 256).
+    "quality32": {
+        "model": {"dim": 64, "depth": 1, "heads": 4, "token_grid": 8, "g_channels": 32, "z_dim": 64,
+                  "d_channels": 16, "d_max_channels": 64},
+        "train": {"steps": 3000, "batch_size": 32, "n_critic": 1, "loss": "ns", "penalty": "r1", "gp_weight": 1.0,
+                  "lr_g": 5e-4, "lr_d": 5e-4, "betas": (0.5, 0.99), "ema_decay": 0.98, "ema_start": 20,
+                  "log_every": 25, "sample_every": 250, "checkpoint_every": 500},
+        "eval": {"n_samples": 256},
+    },
+    # 64x64 RGB folders (e.g. faces): quality32's recipe one upsampling block deeper, wider D.
+    "rgb64": {
+        "model": {"resolution": 64, "channels": 3, "dim": 128, "depth": 2, "heads": 4, "token_grid": 8,
+                  "g_channels": 128, "z_dim": 128, "d_channels": 32, "d_max_channels": 256},
+        "train": {"steps": 20_000, "batch_size": 32, "n_critic": 1, "loss": "ns", "penalty": "r1",
+                  "gp_weight": 1.0, "lr_g": 3e-4, "lr_d": 3e-4, "betas": (0.5, 0.99), "ema_decay": 0.995,
+                  "ema_start": 200, "log_every": 50, "sample_every": 500, "checkpoint_every": 1000},
+        "eval": {"n_samples": 256},
     },
 }
 

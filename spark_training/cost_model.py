@@ -22,6 +22,7 @@ class Measurement:
     compute_s: float          # per iteration (slowest worker, summed over the iteration's reductions)
     exchange_s: float
     scheduling_s: float
+    compute_cpu_s: float | None = None   # CPU time of that compute; fitted instead when given (shared machines)
 
 
 @dataclass
@@ -58,7 +59,8 @@ class CostModel:
     def assumptions(self) -> list[str]:
         mb = self.bytes_per_worker / 1e6
         return [
-            "each executor runs one DFAGD worker like the measured ones (same cores, same per-image compute cost)",
+            "each executor runs one DFAGD worker like the measured ones, on dedicated cores: compute is fitted to the "
+            "workers' CPU time (on a shared machine their wall time also contains other tenants' work)",
             f"global batch {self.global_batch} split evenly; beyond {self.global_batch} executors each gets 1 image "
             "(the global batch grows), so speed-up is a throughput (images/s) ratio",
             f"every iteration moves {mb:.1f} MB per worker through the driver (weights out, gradients back, "
@@ -84,9 +86,10 @@ def fit(measurements: list[Measurement], global_batch: int, reductions: int, byt
     if not measurements:
         raise ValueError("cost model: need at least one DFAGD measurement")
     ns = [m.workers for m in measurements]
-    c0, c_img = _fit_line([global_batch / n for n in ns], [m.compute_s for m in measurements])
+    compute = [m.compute_cpu_s if m.compute_cpu_s is not None else m.compute_s for m in measurements]
+    c0, c_img = _fit_line([global_batch / n for n in ns], compute)
     if c_img <= 0:                      # noise: attribute all compute to the images
-        c0, c_img = 0.0, float(np.mean([m.compute_s * m.workers / global_batch for m in measurements]))
+        c0, c_img = 0.0, float(np.mean([c * m.workers / global_batch for c, m in zip(compute, measurements)]))
     x0, x1 = _fit_line([float(n) for n in ns], [m.exchange_s for m in measurements])
     s0, s1 = _fit_line([math.log2(n) for n in ns], [m.scheduling_s for m in measurements])
     return CostModel(global_batch, reductions, bytes_per_worker, c0, c_img, x0, max(x1, 0.0), s0, max(s1, 0.0))

@@ -43,6 +43,7 @@ class DFAGDStats:
     reductions: int = 0
     wall_s: float = 0.0          # inside reductions
     compute_s: float = 0.0       # slowest worker's forward/backward, summed over reductions
+    compute_cpu_s: float = 0.0   # CPU time that worker got meanwhile (compute_cpu_s / compute_s = its core share)
     exchange_s: float = 0.0      # serialization + transfer + averaging
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -53,6 +54,7 @@ class DFAGDStats:
         self.iterations += int(iteration_done)
         self.wall_s += t.wall_s
         self.compute_s += t.compute_s
+        self.compute_cpu_s += t.compute_cpu_s
         self.exchange_s += t.exchange_s
         self.bytes_sent += t.bytes_sent
         self.bytes_received += t.bytes_received
@@ -68,6 +70,10 @@ class DFAGDStats:
         total = self.wall_s if wall_s is None else wall_s
         rest = max(total - self.compute_s - self.exchange_s, 0.0)
         return {"compute_s": self.compute_s / n, "exchange_s": self.exchange_s / n, "scheduling_s": rest / n}
+
+    def cpu_share(self, threads: int = 1) -> float:
+        """Fraction of its `threads` cores the slowest worker actually got while computing (1.0 = uncontended)."""
+        return self.compute_cpu_s / max(self.compute_s * threads, 1e-9)
 
 
 class SparkGradSource:
@@ -152,11 +158,20 @@ class DFAGDJob:
             self.error = exc
 
     def __enter__(self) -> SparkGradSource:
+        # The driver only clips and steps the optimizer; with few threads it does not fight the workers (in
+        # local mode they share its cores, and oversubscribed OpenMP threads spin-wait for each other).
+        self._driver_threads = torch.get_num_threads()
+        torch.set_num_threads(self.config.spark.driver_threads)
         self.thread.start()
-        self.server.wait_for_workers()
+        try:
+            self.server.wait_for_workers()
+        except BaseException:
+            self.__exit__()
+            raise
         return self.source
 
     def __exit__(self, *exc_info) -> None:
+        torch.set_num_threads(self._driver_threads)
         self.server.stop()
         self.thread.join(timeout=60)
         if self.thread.is_alive():
@@ -179,7 +194,7 @@ def train_dfagd(config: Config, *, state: GANState | None = None, on_log: Callba
     if data is None:
         data = load_dataset(config.data.source, config.model.resolution, config.model.channels, config.data.limit)
     partition_bounds(len(data), config.partitions)       # fails early, naming data.partitions
-    state = state or build_state(config)
+    state = build_state(config) if state is None else state
     if spark is None:
         with spark_session(config.spark) as session:
             return _train(session, config, data, state, on_log, on_sample, on_checkpoint, should_stop,

@@ -30,6 +30,7 @@ class ReductionTiming:
 
     wall_s: float = 0.0
     compute_s: float = 0.0
+    compute_cpu_s: float = 0.0   # CPU seconds the slowest worker got during its compute_s
     exchange_s: float = 0.0
     bytes_sent: int = 0
     bytes_received: int = 0
@@ -179,7 +180,9 @@ class ReductionServer:
                 stats[k] = stats.get(k, 0.0) + v / len(ordered)
         t1 = time.perf_counter()
         timing.wall_s = t1 - t0
-        timing.compute_s = max(r[2]["compute_s"] for r in ordered)
+        slowest = max(ordered, key=lambda r: r[2]["compute_s"])[2]
+        timing.compute_s = slowest["compute_s"]
+        timing.compute_cpu_s = slowest.get("compute_cpu_s", slowest["compute_s"])
         timing.exchange_s = (t_sent - t0) + recv_s + (t1 - ta) + max(r[2]["decode_s"] for r in ordered)
         return grad, stats, timing
 

@@ -131,10 +131,11 @@ def serve(spec: WorkerSpec, worker: int, blocks: dict[int, ImageSet], threads: i
                 raise InjectedFailure(f"spark.fail_once_partition={fail}: injected failure on the first attempt")
             arrays = iter(msg.arrays)
             pw.set_weights(next(arrays) if m["has_g"] else None, next(arrays) if m["has_d"] else None)
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             grad, stats = pw.gradient(int(m["step"]), int(m["phase"]))
             t1 = time.perf_counter()
-            timing = {"wait_s": t_got - t_wait, "compute_s": t1 - t0, "decode_s": t0 - t_got}
+            timing = {"wait_s": t_got - t_wait, "compute_s": t1 - t0, "decode_s": t0 - t_got,
+                      "compute_cpu_s": time.process_time() - c0}   # < compute_s when the CPU is contended
             send_message(sock, Message("result", {"step": m["step"], "phase": m["phase"], "worker": worker,
                                                   "stats": stats, "timing": timing}, [grad]), dtype)
     finally:

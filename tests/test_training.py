@@ -119,8 +119,11 @@ def test_whole_batch_gradient_equals_mean_of_partition_gradients(digits16):
 
 def test_sampler_is_stateless_and_covers_each_partition():
     s = PartitionedSampler(n_items=10, partitions=2, batch_size=4, seed=7)
-    first_epoch = np.concatenate([s.local_indices(t, 0) for t in range(2)])[:5]
-    assert sorted(first_epoch.tolist()) == [0, 1, 2, 3, 4]
+    # partition 0 holds 5 images and gives 2 per update: updates 0-2 walk its first epoch, then the next begins
+    stream = np.concatenate([s.local_indices(t, 0) for t in range(5)])
+    assert sorted(stream[:5].tolist()) == [0, 1, 2, 3, 4]
+    assert sorted(stream[5:10].tolist()) == [0, 1, 2, 3, 4]
+    assert not np.array_equal(stream[:5], stream[5:10])          # each epoch has its own permutation
     again = PartitionedSampler(10, 2, 4, 7)
     assert np.array_equal(s.batch_indices(5), again.batch_indices(5))
     assert set(s.global_indices(0, 1).tolist()) <= set(range(5, 10))

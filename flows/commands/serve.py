@@ -7,10 +7,10 @@ DEFAULT_CRON = "0 3 * * *"   # keep equal to flows.serve.DEFAULT_CRON (imported 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "serve", help="serve the train-transsrgan (and train-singan) deployments with a retraining schedule",
-        description="Registers the deployments train-transsrgan/train-transsrgan (and train-singan/train-singan "
-                    "when present) with the Prefect server at PREFECT_API_URL and runs their flow runs until "
-                    "stopped (Ctrl-C). Scheduled runs skip training when the data and config are unchanged.")
+        "serve", help="serve the train-transsrgan and train-singan deployments with a retraining schedule",
+        description="Registers the deployments train-transsrgan/train-transsrgan and train-singan/train-singan "
+                    "with the Prefect server at PREFECT_API_URL and runs their flow runs until "
+                    "stopped (Ctrl-C). train-transsrgan runs skip training when the data and config are unchanged.")
     p.add_argument("--cron", default=DEFAULT_CRON, metavar="EXPR",
                    help=f"retraining schedule as a cron expression (default {DEFAULT_CRON!r}: daily at 03:00); "
                         "'none' serves without a schedule")

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import sys
 
 
 def add_config_options(p: argparse.ArgumentParser) -> None:
@@ -16,6 +17,22 @@ def add_config_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", metavar="FILE", help="JSON or TOML file of config overrides, applied after the preset")
     p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
                    help="any config field as a dotted key, e.g. --set train.lr_g=1e-4 (JSON values); repeatable")
+
+
+def parse_set(items: list[str]) -> dict:
+    """--set KEY=VALUE items as {dotted key: JSON value, or the raw string where it is not JSON}."""
+    from flows.errors import UsageError
+
+    out: dict = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            out[key] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key] = value
+    return out
 
 
 def config_from_args(args: argparse.Namespace):
@@ -33,14 +50,7 @@ def config_from_args(args: argparse.Namespace):
         overrides["spark.master"] = args.spark_master
     if args.model in ("transsrgan", "dcgan") and args.model != "transsrgan":
         overrides["model.arch"] = args.model
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    overrides.update(parse_set(args.set))
     try:
         return resolve_config(args.preset, overrides, args.config)
     except ConfigError as exc:
@@ -79,18 +89,7 @@ def params_from_args(args: argparse.Namespace) -> dict:
     from flows.errors import UsageError
     from flows.params import TrainParams, describe_error
 
-    if args.model == "singan":
-        raise UsageError("--model singan: SinGAN trains through its own flow, train-singan "
-                         "(`prefect deployment run train-singan/train-singan`)")
-    overrides = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    overrides = parse_set(args.set)
     try:
         params = TrainParams(preset=args.preset, data=args.data, steps=args.steps, workers=args.workers,
                              spark_master=args.spark_master,
@@ -105,6 +104,10 @@ def params_from_args(args: argparse.Namespace) -> dict:
 def run(args: argparse.Namespace) -> int:
     from flows.params import TrainParams
 
+    if args.model == "singan":   # its own flow, train-singan, with its own parameters
+        from flows.commands.train_singan_cli import run_singan_from_cli
+
+        return run_singan_from_cli(args)
     params = params_from_args(args)
     if args.dry_run:
         print(TrainParams(**params).to_config().to_json())
@@ -115,7 +118,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"transsrgan train: running the train-transsrgan flow on {where}", flush=True)
         from flows.train_transsrgan import train_transsrgan
 
-        summary = train_transsrgan(**params, out_dir=args.out)
+        try:
+            summary = train_transsrgan(**params, out_dir=args.out)
+        except Exception as exc:  # the flow run's log above has the traceback; end with one line
+            print(f"transsrgan train: the train-transsrgan flow failed: {type(exc).__name__}: {exc}",
+                  file=sys.stderr)
+            return 1
     print(report(summary, where))
     return 0
 

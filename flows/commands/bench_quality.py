@@ -1,0 +1,221 @@
+"""`transsrgan bench quality`: TransSRGAN vs the DCGAN baseline at equal wall-clock budget, logged to MLflow.
+
+data gate -> train both for --minutes each (DFAGD by default) -> evaluate on the same n -> JSON, Markdown, figure;
+MLflow: one parent run (experiment `transsrgan-bench`) with one child run per model.
+"""
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+EXPERIMENT = "transsrgan-bench"   # kept apart from `transsrgan`, whose runs are registry candidates
+
+
+def _positive_float(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {value!r}") from None
+    if not x > 0:
+        raise argparse.ArgumentTypeError(f"expected > 0 minutes, got {value}")
+    return x
+
+
+def _int_at_least(lo: int):
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {value!r}") from None
+        if n < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}, got {n}")
+        return n
+    return parse
+
+
+def register(bench_sub: argparse._SubParsersAction) -> None:
+    from models.config import PRESETS
+
+    p = bench_sub.add_parser("quality", help="TransSRGAN vs DCGAN at equal wall-clock budget (FD, KID, PRDC)",
+                             description="Runs the data gate, trains TransSRGAN and the DCGAN baseline for the same "
+                                         "wall-clock budget each through the same trainer (DFAGD on Spark by "
+                                         "default), on the same data, resolution and global batch (only the "
+                                         "generator differs), then evaluates both on the same n. Writes JSON, a "
+                                         "Markdown table and a figure; logs a parent MLflow run with one child "
+                                         f"per model (experiment {EXPERIMENT}).")
+    p.add_argument("--data", default="digits", metavar="PATH", help="'digits' (default) or an image folder")
+    p.add_argument("--minutes", type=_positive_float, default=8.0, metavar="M",
+                   help="training budget per model in wall-clock minutes (default 8)")
+    p.add_argument("--json", metavar="FILE", help="write the result JSON here (default OUT/bench_quality.json)")
+    p.add_argument("--markdown", metavar="FILE", help="write the Markdown table here (default OUT/bench_quality.md)")
+    p.add_argument("--figure", metavar="FILE", help="write the figure PNG here (default OUT/bench_quality.png)")
+    p.add_argument("--out", metavar="DIR", help="output folder (default $TRANSSRGAN_HOME/bench/quality-<time>)")
+    p.add_argument("--n", type=_int_at_least(8), metavar="N",
+                   help="eval.n_samples: generated and real images per evaluation (default: the preset's)")
+    p.add_argument("--workers", type=_int_at_least(1), metavar="N", help="spark.workers: DFAGD workers")
+    p.add_argument("--spark-master", metavar="URL", help="spark.master (default: the preset's, local[*])")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="quality32",
+                   help="config for both models (default quality32: digits at 32x32; rgb64 for 64x64 RGB folders)")
+    p.add_argument("--engine", choices=["spark", "local"], default="spark",
+                   help="spark: DFAGD (default); local: the reference trainer with workers x threads torch threads")
+    p.add_argument("--curve-points", type=_int_at_least(0), default=2, metavar="K",
+                   help="EMA snapshots per model inside the budget, evaluated afterwards for the curves (default 2)")
+    p.add_argument("--curve-n", type=_int_at_least(8), default=64, metavar="N",
+                   help="images per curve point (KID and PRDC only; default 64)")
+    p.add_argument("--slices", type=_int_at_least(1), metavar="S",
+                   help="train the budget in S round-robin slices per model, so both see the same machine load "
+                        "(default: one per minute)")
+    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                   help="any config field for both models, e.g. --set train.lr_g=1e-4 (JSON values); repeatable")
+    p.add_argument("--require-standard-features", action="store_true",
+                   help="fail instead of using seeded random Inception weights when the standard file is missing")
+    p.add_argument("--tracking-uri", metavar="URI", help="MLflow store (default $MLFLOW_TRACKING_URI, else embedded)")
+    p.set_defaults(func=run)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    from flows.errors import UsageError
+
+    over: dict = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            over[key] = json.loads(value)
+        except json.JSONDecodeError:
+            over[key] = value
+    if args.n is not None:
+        over["eval.n_samples"] = args.n
+    if args.workers is not None:
+        over["spark.workers"] = args.workers
+    if args.spark_master:
+        over["spark.master"] = args.spark_master
+    over["eval.allow_random_features"] = not args.require_standard_features
+    return over
+
+
+def run(args: argparse.Namespace) -> int:
+    from flows.errors import UsageError
+    from models.config import ConfigError
+
+    if args.data != "digits" and not Path(args.data).expanduser().is_dir():
+        raise UsageError(f"--data: expected 'digits' or an existing folder of images, got {args.data!r}")
+    from spark_training.bench_quality import quality_configs
+
+    try:
+        configs = quality_configs(args.preset, _overrides(args))
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from exc
+    from models.paths import data_home
+
+    out = Path(args.out) if args.out else data_home() / "bench" / time.strftime("quality-%Y%m%d-%H%M%S")
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": Path(args.json or out / "bench_quality.json"),
+             "markdown": Path(args.markdown or out / "bench_quality.md"),
+             "figure": Path(args.figure or out / "bench_quality.png")}
+    result = bench_and_log(args, configs, out, paths)
+    print(Path(paths["markdown"]).read_text())
+    print(f"wrote {paths['json']}, {paths['markdown']}, {paths['figure']}; MLflow parent run {result['mlflow_run_id']} "
+          f"(experiment {EXPERIMENT})")
+    return 0
+
+
+def bench_and_log(args: argparse.Namespace, configs: dict, out: Path, paths: dict[str, Path]) -> dict:
+    """Gate -> bench -> files, inside a parent MLflow run with one child run per model."""
+    import dataclasses
+
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from flows.errors import UsageError
+    from models.metrics import InceptionWeightsError
+    from spark_training.bench_quality import bench_quality, load_data, markdown, real_subset, save_figure
+    from tasks.data_gate import DataGateError, run_data_gate
+    from tasks.tracking import configure_tracking, ensure_experiment, run_tags
+
+    first = next(iter(configs.values()))
+    try:
+        gate = run_data_gate(args.data, out / "validation", first.data, first.model.resolution)
+    except DataGateError as exc:
+        raise UsageError(f"--data: {exc}") from exc
+    except (FileNotFoundError, NotADirectoryError) as exc:
+        raise UsageError(f"--data: {exc}") from exc
+    print(f"data gate: {gate.n_valid} valid, {gate.n_quarantined} quarantined (fingerprint {gate.fingerprint})")
+    configs = {k: dataclasses.replace(c, data=dataclasses.replace(c.data, source=gate.manifest_path))
+               for k, c in configs.items()}
+    first = next(iter(configs.values()))
+    data = load_data(first)
+
+    configure_tracking(args.tracking_uri)
+    exp_id = ensure_experiment(EXPERIMENT)
+    client = MlflowClient()
+    tags = run_tags(first, gate.fingerprint, gate.n_valid, {"bench": "quality", "engine": args.engine})
+    with mlflow.start_run(experiment_id=exp_id, run_name=f"bench-quality-{out.name}", tags=tags) as parent:
+        mlflow.log_params({"minutes": args.minutes, "data": args.data, "preset": args.preset, "engine": args.engine,
+                           "eval.n_samples": first.eval.n_samples, "curve_points": args.curve_points,
+                           "curve_n": args.curve_n, "spark.workers": first.spark.workers,
+                           "train.batch_size": first.train.batch_size, "model.resolution": first.model.resolution})
+        for report in (gate.validation_json, gate.quarantine_path):
+            mlflow.log_artifact(report, "validation")
+        try:
+            result, runs = bench_quality(configs, args.minutes, data, data_name=args.data, engine=args.engine,
+                                         fingerprint=gate.fingerprint, curve_points=args.curve_points,
+                                         curve_n=args.curve_n, slices=args.slices or 0)
+        except InceptionWeightsError as exc:
+            raise UsageError(f"--require-standard-features: {exc}") from exc
+        result["mlflow_run_id"] = parent.info.run_id
+        real = real_subset(data.images, first.eval.n_samples)
+        for path in paths.values():
+            path.parent.mkdir(parents=True, exist_ok=True)
+        paths["json"].write_text(json.dumps(result, indent=2))
+        paths["markdown"].write_text(markdown(result))
+        save_figure(result, runs, real, paths["figure"])
+        for name, run in runs.items():
+            result["models"][name]["mlflow_run_id"] = _log_child(client, exp_id, parent.info.run_id, name, run,
+                                                                 result, gate, out)
+        paths["json"].write_text(json.dumps(result, indent=2))
+        mlflow.set_tag("feature_extractor", result["feature_extractor"])
+        mlflow.set_tag("target_met", str(result["verdict"]["target_met"]).lower())
+        mlflow.log_metrics({f"{name}.{k}": v for name, m in result["models"].items()
+                            for k, v in {**m["metrics"], "iterations": m["iterations"],
+                                         "images_per_s": m["images_per_s"]}.items()})
+        for path in paths.values():
+            mlflow.log_artifact(str(path))
+    return result
+
+
+def _log_child(client, exp_id: str, parent_id: str, name: str, run, result: dict, gate, out: Path) -> str:
+    """One child run: the model's config as params, training history as metrics, eval metrics, grid, checkpoint."""
+    import numpy as np
+    from mlflow.entities import Param
+
+    from models.checkpoint import save_checkpoint
+    from models.grid import make_grid, save_png
+    from spark_training.bench_quality import generated
+    from tasks.tracking import MlflowSink, run_tags
+
+    tags = {**run_tags(run.config, gate.fingerprint, gate.n_valid, {"bench": "quality", "model": name}),
+            "mlflow.parentRunId": parent_id, "feature_extractor": result["feature_extractor"]}
+    child = client.create_run(exp_id, run_name=name, tags=tags)
+    cid = child.info.run_id
+    params = [Param(k, "null" if v is None else str(list(v) if isinstance(v, tuple) else v))
+              for k, v in run.config.flat().items()]
+    client.log_batch(cid, params=params)
+    sink = MlflowSink(cid)
+    for _t, m in run.log_times:
+        sink.log_metrics({k: v for k, v in m.items() if k != "step"}, step=int(m["step"]))
+    for c in result["models"][name]["curve"][:-1]:
+        sink.log_metrics({f"curve.{k}": v for k, v in c.items() if k not in ("step", "n")}, step=int(c["step"]))
+    m = result["models"][name]
+    sink.log_metrics({**m["metrics"], "iterations": m["iterations"], "images_per_s": m["images_per_s"],
+                      "train_s": m["train_s"], "s_per_iter": m["s_per_iter"]}, step=run.iterations)
+    folder = out / name
+    grid = np.ascontiguousarray(generated(run.state.G_ema, 64, run.config).transpose(0, 2, 3, 1))
+    png = save_png(make_grid(grid), folder / f"step_{run.iterations:06d}.png", scale=2)
+    client.log_artifact(cid, str(png), "samples")
+    ckpt = save_checkpoint(run.state, folder / "checkpoint.pt")
+    client.log_artifact(cid, str(ckpt), "checkpoints")
+    client.set_terminated(cid, "FINISHED")
+    return cid
