@@ -22,6 +22,18 @@ def _existing_data(value: str | None) -> str | None:
     return value
 
 
+def _resumable(value: str | None) -> str | None:
+    """'latest', a run folder holding checkpoint.pt, or a checkpoint file."""
+    if value is not None:
+        from tasks.resume import ResumeError, find_checkpoint
+
+        try:
+            find_checkpoint(value)
+        except ResumeError as exc:
+            raise ValueError(str(exc).removeprefix("resume: ")) from None
+    return value
+
+
 def _existing_file(value: str | None) -> str | None:
     if value is not None and not Path(value).expanduser().is_file():
         raise ValueError(f"config file not found: {value!r} (expected a JSON or TOML file)")
@@ -35,6 +47,9 @@ Arch = Literal["transsrgan", "dcgan"]
 Engine = Literal["spark", "local"]
 DataSource = Annotated[str | None, AfterValidator(_existing_data)]
 ConfigFile = Annotated[str | None, AfterValidator(_existing_file)]
+ResumeFrom = Annotated[str | None, AfterValidator(_resumable)]
+# What shapes the config; a resumed run takes all of it from its checkpoint instead.
+CONFIG_PARAMS = ("data", "steps", "workers", "spark_master", "model", "config_file", "overrides")
 
 
 class TrainParams(BaseModel):
@@ -57,9 +72,19 @@ class TrainParams(BaseModel):
     # for the standard FID; with the weights file present the standard weights are used regardless.
     allow_random_features: bool = True
     engine: Engine = "spark"                    # spark = DFAGD on Spark; local = the reference trainer
+    # Continue an interrupted run: 'latest', its run folder, or its checkpoint. Its config and data are the
+    # checkpoint's, so the parameters that shape the config must stay unset.
+    resume: ResumeFrom = None
 
     @model_validator(mode="after")
     def _resolves(self) -> "TrainParams":
+        if self.resume is not None:
+            given = [n for n in CONFIG_PARAMS if getattr(self, n) is not None] + (
+                ["preset"] if self.preset != "demo" else [])
+            if given:
+                raise ValueError(f"resume: a resumed run keeps its checkpoint's config and data; drop "
+                                 f"{', '.join(given)}")
+            return self
         try:
             self.to_config()
         except ConfigError as exc:
@@ -83,7 +108,11 @@ class TrainParams(BaseModel):
         return out
 
     def to_config(self) -> Config:
-        """Preset, then config_file, then these parameters; raises ConfigError naming the field."""
+        """Preset, then config_file, then these parameters (or the resumed checkpoint's); ConfigError names the field."""
+        if self.resume is not None:
+            from tasks.resume import resume_point
+
+            return resume_point(self.resume).config
         return resolve_config(self.preset, self.overrides_dict(), self.config_file)
 
 

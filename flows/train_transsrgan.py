@@ -6,11 +6,12 @@ from typing import Any
 from prefect import flow, get_run_logger
 from pydantic import PositiveInt
 
-from flows.params import Arch, ConfigFile, DataSource, Engine, Preset, TrainParams
+from flows.params import Arch, ConfigFile, DataSource, Engine, Preset, ResumeFrom, TrainParams
 from tasks.pipeline import (
     check_retrain,
     current_champion,
     evaluate_model,
+    find_resume_point,
     mark_completed,
     promote_model,
     register_model,
@@ -35,19 +36,22 @@ def train_transsrgan(
     allow_random_features: bool = True,
     engine: Engine = "spark",
     out_dir: str | None = None,
+    resume: ResumeFrom = None,
 ) -> dict[str, Any]:
     """Parameters: see flows/params.py (None keeps the preset's value). Returns the run's summary."""
-    config = TrainParams(preset=preset, data=data, steps=steps, workers=workers, spark_master=spark_master,
+    params = TrainParams(preset=preset, data=data, steps=steps, workers=workers, spark_master=spark_master,
                          model=model, config_file=config_file, overrides=overrides, force=force,
-                         allow_random_features=allow_random_features, engine=engine).to_config()
+                         allow_random_features=allow_random_features, engine=engine, resume=resume)
+    point = find_resume_point(resume) if resume else None
+    config = point.config if point else params.to_config()
     name = config.model.arch   # registered model: transsrgan (or the dcgan baseline, kept apart)
 
     gate = validate_data(config.data.source, config.data, config.model.resolution)
-    decision = check_retrain(config, gate.fingerprint, force)
+    decision = check_retrain(config, gate.fingerprint, force or point is not None)
     if not decision.train:
         return _summary(gate, decision, champion=current_champion(name))
 
-    trained = train_model(config, gate, decision, out_dir, engine)
+    trained = train_model(config, gate, decision, out_dir, engine, resume=point)
     evaluation = evaluate_model(trained.run_id, str(gate.manifest_path), config, gate.fingerprint)
     version = register_model(trained.run_id, name, evaluation, gate.fingerprint)
     promotion = promote_model(name, version, evaluation.primary_metric, config.eval.promotion_margin)
@@ -74,6 +78,7 @@ def _summary(gate, decision, champion, trained=None, evaluation=None, version=No
         "steps": trained.steps if trained else 0,
         "train_wall_s": round(trained.wall_s, 1) if trained else 0.0,
         "checkpoint": trained.checkpoint if trained else None,
+        "resumed_from_step": trained.resumed_from if trained else 0,
         "grid": grid,
         "dataset_fingerprint": gate.fingerprint, "config_hash": decision.config_hash,
         "n_valid": gate.n_valid, "n_quarantined": gate.n_quarantined,

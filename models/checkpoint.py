@@ -1,6 +1,7 @@
 """Checkpoints: state dicts, optimizer states, step, history and the resolved config; atomic writes, weights_only loads."""
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -30,20 +31,35 @@ def state_to_dict(state: GANState) -> dict[str, Any]:
     }
 
 
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be written (a full disk, a read-only folder); the previous file is untouched."""
+
+
 def save_checkpoint(state: GANState, path: str | Path) -> Path:
-    """Write to a temp file in the same folder, fsync, then rename: a crash never leaves a torn file."""
+    """Write to a temp file in the same folder, fsync, then rename: a crash or a full disk never leaves a torn
+    file, and the previous checkpoint at `path` stays loadable until the new one is complete."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         with os.fdopen(fd, "wb") as fh:
             torch.save(state_to_dict(state), fh)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    except (OSError, RuntimeError) as exc:   # torch.save reports a failed write as RuntimeError
+        why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "the write failed"
+        try:
+            free = f"; {shutil.disk_usage(path.parent).free / 1e6:.1f} MB free there"
+        except OSError:
+            free = ""
+        previous = f"the previous checkpoint {path} is untouched" if path.exists() else "no earlier checkpoint exists"
+        raise CheckpointError(f"could not write the checkpoint of step {state.step} to {path}: {why}{free}; "
+                              f"{previous}") from exc
+    finally:
+        if tmp is not None and Path(tmp).exists():
+            Path(tmp).unlink(missing_ok=True)
     return path
 
 

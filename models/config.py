@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import math
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
@@ -90,6 +91,9 @@ class TrainConfig:
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     threads: int = 0              # torch threads for the reference trainer; 0 = all cores
     max_bad_steps: int = 10       # consecutive non-finite updates before the run stops
+    # TEST ONLY (transsrgan chaos): steps "S" or "S-E" (0-based, inclusive) whose first D gradient is made NaN,
+    # as a worker with a numerical fault would return it; "" = off.
+    chaos_nan_steps: str = ""
 
     def validate(self) -> None:
         _check(self.steps >= 0, "train.steps", ">= 0", self.steps)
@@ -107,6 +111,8 @@ class TrainConfig:
         _check(0 <= self.ema_decay < 1, "train.ema_decay", "in [0, 1)", self.ema_decay)
         _check(self.device in ("cpu", "cuda", "auto"), "train.device", "cpu, cuda or auto", self.device)
         _check(self.max_bad_steps >= 1, "train.max_bad_steps", ">= 1", self.max_bad_steps)
+        _check(not self.chaos_nan_steps or re.fullmatch(r"\d+(-\d+)?", self.chaos_nan_steps) is not None,
+               "train.chaos_nan_steps", "'' or S or S-E (0-based steps)", self.chaos_nan_steps)
         for name in ("log_every", "sample_every", "checkpoint_every"):
             _check(getattr(self, name) >= 0, f"train.{name}", ">= 0", getattr(self, name))
 
@@ -151,6 +157,9 @@ class SparkConfig:
     extra_conf: dict[str, str] = field(default_factory=dict)  # any other Spark conf, e.g. spark.kubernetes.*
     fail_once_partition: int = -1  # TEST ONLY: this worker task raises on its first attempt (retry tests)
     driver_threads: int = 1       # torch threads of the driver's optimizer step (it shares cores with local workers)
+    # TEST ONLY (transsrgan chaos): "python:W@S" SIGKILLs worker W's Python process, "executor:W@S" its executor
+    # JVM (local-cluster only), once, while step S's first gradient is being computed; "" = off.
+    chaos_kill: str = ""
 
     def validate(self) -> None:
         _check(self.workers >= 1, "spark.workers", ">= 1", self.workers)
@@ -164,6 +173,8 @@ class SparkConfig:
                "float32, bfloat16 or float16", self.exchange_dtype)
         _check(self.sync_every >= 1, "spark.sync_every", ">= 1", self.sync_every)
         _check(bool(self.master), "spark.master", "a Spark master URL", self.master)
+        _check(not self.chaos_kill or re.fullmatch(r"(python|executor):\d+@\d+", self.chaos_kill) is not None,
+               "spark.chaos_kill", "'' or python:W@S or executor:W@S (worker W, step S)", self.chaos_kill)
 
 
 @dataclass

@@ -56,27 +56,57 @@ class LocalGradSource:
         return flat_grad(loss, params_of(state.G)), {k_: float(v) for k_, v in stats.items()}
 
 
+class NaNFault:
+    """TEST ONLY (train.chaos_nan_steps): the first D gradient of the listed steps comes back NaN."""
+
+    def __init__(self, source: GradSource, spec: str):
+        first, _, last = spec.partition("-")
+        self.source, self.first, self.last = source, int(first), int(last or first)
+
+    def d_grad(self, state: GANState, step: int, k: int) -> tuple[torch.Tensor, dict[str, float]]:
+        grad, stats = self.source.d_grad(state, step, k)
+        if k == 0 and self.first <= step <= self.last:
+            grad = torch.full_like(grad, float("nan"))
+        return grad, stats
+
+    def g_grad(self, state: GANState, step: int) -> tuple[torch.Tensor, dict[str, float]]:
+        return self.source.g_grad(state, step)
+
+
 def train_iteration(state: GANState, source: GradSource) -> dict[str, float] | None:
-    """n_critic D updates then one G update; returns the step's metrics, or None if an update was skipped."""
+    """n_critic D updates then one G update; returns the step's metrics, or None if the step was cut short.
+
+    An update whose gradient or loss is not finite is not applied, and the rest of the iteration (later D
+    updates, the G update, the EMA) is skipped: no update ever uses a weight or statistic derived from a NaN.
+    The step counter still advances, so the next step draws fresh data and noise instead of repeating the bad
+    batch; updates applied earlier in the same iteration were computed from finite values and are kept.
+    """
     tc = state.config.train
     step = state.step
     stats: dict[str, float] = {}
-    ok = True
+    state.step += 1
     for k in range(tc.n_critic):
         grad, s = source.d_grad(state, step, k)
-        norm, applied = apply_update(state.D, state.opt_d, grad, tc.clip_norm_d)
-        ok &= applied and all(map(_finite, s.values()))
-        stats.update(s, grad_norm_d=norm)
+        if not _apply(state.D, state.opt_d, grad, s, tc.clip_norm_d, stats, "grad_norm_d"):
+            return None
     grad, s = source.g_grad(state, step)
-    norm, applied = apply_update(state.G, state.opt_g, grad, tc.clip_norm_g)
-    ok &= applied and all(map(_finite, s.values()))
-    stats.update(s, grad_norm_g=norm)
+    if not _apply(state.G, state.opt_g, grad, s, tc.clip_norm_g, stats, "grad_norm_g"):
+        return None
     if tc.ema_decay > 0:
         ema_update(state.G_ema, state.G, tc.ema_decay, step, tc.ema_start)
     else:
         state.G_ema.load_state_dict(state.G.state_dict())
-    state.step += 1
-    return stats if ok else None
+    return stats
+
+
+def _apply(module, optimizer, grad: torch.Tensor, s: dict[str, float], clip_norm: float | None,
+           stats: dict[str, float], norm_key: str) -> bool:
+    """One update unless its loss statistics are non-finite (apply_update refuses non-finite gradients)."""
+    if not all(map(_finite, s.values())):
+        return False
+    norm, applied = apply_update(module, optimizer, grad, clip_norm)
+    stats.update(s, **{norm_key: norm})
+    return applied
 
 
 def _finite(x: float) -> bool:
@@ -106,10 +136,13 @@ def train(state: GANState, source: GradSource, *, steps: int | None = None,
           print_fn: Callable[[str], None] | None = print) -> GANState:
     """Train from state.step to `steps` (default train.steps); callbacks get the state and latest metrics.
 
-    Non-finite updates are skipped (weights untouched); after train.max_bad_steps in a row, DivergenceError.
+    A step with a non-finite loss or gradient applies nothing from the bad update on (see train_iteration);
+    after train.max_bad_steps such steps in a row, DivergenceError.
     """
     tc = state.config.train
     total = tc.steps if steps is None else steps
+    if tc.chaos_nan_steps:
+        source = NaNFault(source, tc.chaos_nan_steps)
     bad = 0
     t_start = t_window = time.perf_counter()
     window_steps = 0
@@ -119,23 +152,25 @@ def train(state: GANState, source: GradSource, *, steps: int | None = None,
         if should_stop and should_stop():
             break
         stats = train_iteration(state, source)
+        step = state.step
+        last = step == total
         if stats is None:
             bad += 1
             if print_fn:
-                print_fn(f"step {state.step}: non-finite loss or gradient; update skipped ({bad}/{tc.max_bad_steps})")
+                print_fn(f"step {step}: non-finite loss or gradient; the update was not applied and the "
+                         f"rest of the step was skipped ({bad}/{tc.max_bad_steps} in a row)")
             if bad >= tc.max_bad_steps:
-                raise DivergenceError(f"training diverged: {bad} consecutive non-finite updates at step {state.step} "
-                                      f"(train.max_bad_steps={tc.max_bad_steps}); weights stay at the last good update")
-            continue
-        bad = 0
-        window_steps += 1
-        for k, v in stats.items():
-            acc[k] = acc.get(k, 0.0) + v
-        step = state.step
-        last = step == total
-        if (tc.log_every and step % tc.log_every == 0) or last:
+                raise DivergenceError(f"training diverged: {bad} consecutive non-finite steps up to step {step} "
+                                      f"(train.max_bad_steps={tc.max_bad_steps}); no non-finite update was applied, "
+                                      f"so the weights are those of the last good update")
+        else:
+            bad = 0
+            window_steps += 1
+            for k, v in stats.items():
+                acc[k] = acc.get(k, 0.0) + v
+        if window_steps and ((tc.log_every and step % tc.log_every == 0) or last):
             now = time.perf_counter()
-            s_per_iter = (now - t_window) / max(window_steps, 1)
+            s_per_iter = (now - t_window) / window_steps
             latest = {k: v / window_steps for k, v in acc.items()}
             latest.update(s_per_iter=s_per_iter, images_per_s=tc.batch_size / max(s_per_iter, 1e-9))
             state.history.append({"step": float(step), **latest})
@@ -144,6 +179,7 @@ def train(state: GANState, source: GradSource, *, steps: int | None = None,
             if on_log:
                 on_log(state, latest)
             acc, window_steps, t_window = {}, 0, time.perf_counter()
+        # weights are never touched by a bad step, so samples and checkpoints stay on schedule through one
         if on_sample and ((tc.sample_every and step % tc.sample_every == 0) or last):
             on_sample(state, latest)
         if on_checkpoint and ((tc.checkpoint_every and step % tc.checkpoint_every == 0) or last):

@@ -28,7 +28,7 @@ from models.config import Config, ConfigError
 from models.data import ImageSet, load_dataset, partition_bounds
 from models.step import G_PHASE, GANState, build_state
 from models.trainer import Callback, train
-from spark_training.reduction import DFAGDError, ReductionServer, ReductionTiming, Weights
+from spark_training.reduction import ChaosKill, DFAGDError, ReductionServer, ReductionTiming, Weights
 from spark_training.session import check_settings, spark_session
 from spark_training.worker import WorkerSpec, make_task, owned_partitions
 
@@ -139,7 +139,8 @@ class DFAGDJob:
         self.result: list[dict] | None = None
         self.group = f"dfagd-{uuid.uuid4().hex[:8]}"
         sc = config.spark
-        self.server = ReductionServer(sc.driver_host, sc.workers, sc.exchange_dtype, lambda: self.error)
+        self.server = ReductionServer(sc.driver_host, sc.workers, sc.exchange_dtype, lambda: self.error,
+                                      chaos=ChaosKill.parse(sc.chaos_kill))
         self.source = SparkGradSource(self.server)
         self.thread = threading.Thread(target=self._run, name="dfagd-spark-job", daemon=True)
 

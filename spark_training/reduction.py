@@ -7,7 +7,9 @@ the server keeps waiting; the worker's new attempt says hello, gets the current 
 pending request, and training resumes from the driver's (step, phase, weights).
 """
 
+import os
 import selectors
+import signal
 import socket
 import time
 from collections.abc import Callable
@@ -57,6 +59,39 @@ class _Conn:
     worker: int
     g_version: int = -1     # last weights version this connection holds
     d_version: int = -1
+    pid: int | None = None           # the worker's Python process, and its executor JVM (same host only)
+    executor_pid: int | None = None
+
+
+@dataclass
+class ChaosKill:
+    """TEST ONLY (spark.chaos_kill): SIGKILL a worker's Python process or executor once, at a step's first update."""
+
+    target: str          # "python" or "executor"
+    worker: int
+    step: int
+    fired: bool = False
+    killed_pid: int | None = None
+
+    @classmethod
+    def parse(cls, spec: str) -> "ChaosKill | None":
+        if not spec:
+            return None
+        target, rest = spec.split(":")
+        worker, step = rest.split("@")
+        return cls(target, int(worker), int(step))
+
+    def maybe_fire(self, conns: dict[int, "_Conn"], step: int, phase: int) -> None:
+        conn = conns.get(self.worker)
+        if self.fired or step != self.step or phase != 0 or conn is None:
+            return
+        pid = conn.pid if self.target == "python" else conn.executor_pid
+        if pid is None:
+            raise DFAGDError(f"spark.chaos_kill={self.target}:{self.worker}@{self.step}: worker {self.worker} "
+                             f"reported no {self.target} process id")
+        time.sleep(0.05)                    # let the worker start computing: the kill lands mid-update
+        os.kill(pid, signal.SIGKILL)
+        self.fired, self.killed_pid = True, pid
 
 
 @dataclass
@@ -66,6 +101,7 @@ class ReductionServer:
     exchange_dtype: str = "float32"
     job_error: Callable[[], BaseException | None] = lambda: None   # the Spark job's failure, if any
     connect_timeout_s: float = 600.0
+    chaos: ChaosKill | None = None
     conns: dict[int, _Conn] = field(default_factory=dict)
     hellos: dict[int, int] = field(default_factory=dict)             # worker -> connections seen (attempts)
 
@@ -94,7 +130,8 @@ class ReductionServer:
         send_message(sock, Message("welcome", {"attempt": attempt}))
         sock.settimeout(None)
         self._drop(worker)                                  # a new attempt replaces the old connection
-        self.conns[worker] = _Conn(sock, worker)
+        self.conns[worker] = _Conn(sock, worker, pid=hello.meta.get("pid"),
+                                   executor_pid=hello.meta.get("executor_pid"))
         self.selector.register(sock, selectors.EVENT_READ, worker)
         return worker
 
@@ -148,6 +185,8 @@ class ReductionServer:
             except OSError:
                 self._drop(w)
         t_sent = time.perf_counter()
+        if self.chaos is not None:
+            self.chaos.maybe_fire(self.conns, step, phase)
         recv_s = 0.0
         while len(results) < self.workers:
             self._check_job()

@@ -66,6 +66,12 @@ def check_settings(cfg: SparkConfig) -> None:
     if is_local_machine(master) and cfg.workers * cfg.threads_per_worker > cores:
         warnings.warn(f"spark.workers x spark.threads_per_worker = {cfg.workers * cfg.threads_per_worker} exceeds "
                       f"the {cores} cores of this machine; workers will oversubscribe the CPU", stacklevel=2)
+    if cfg.chaos_kill and not is_local_machine(master):
+        raise ConfigError(f"spark.chaos_kill: a test hook for masters on this machine (local[N], local-cluster); "
+                          f"got spark.master {master!r}")
+    if cfg.chaos_kill.startswith("executor:") and not _LOCAL_CLUSTER.match(master):
+        raise ConfigError(f"spark.chaos_kill: 'executor:...' needs separate executor JVMs (local-cluster[E,C,M]); "
+                          f"in {master!r} the executor is the driver's own JVM")
     if master.startswith(("spark://", "k8s://")):
         probe_master(master, cfg.connect_timeout_s)
 
@@ -105,7 +111,12 @@ def build_session(cfg: SparkConfig, app_name: str = "transsrgan-dfagd"):
     from pyspark.sql import SparkSession
 
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    if is_local_machine(cfg.master.strip()):
+    local = is_local_machine(cfg.master.strip())
+    if local and cfg.driver_host in ("127.0.0.1", "localhost", "::1"):
+        # Safe default: every port Spark opens on this machine (driver RPC, block managers, local-cluster's
+        # master, workers and executors) listens on the loopback interface only.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1" if cfg.driver_host == "localhost" else cfg.driver_host)
+    if local:
         os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
         # executors on this machine import models/ and spark_training/ from the project root
         paths = [str(ROOT)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -126,7 +137,7 @@ def build_session(cfg: SparkConfig, app_name: str = "transsrgan-dfagd"):
         builder = builder.config(key, str(value))
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
-    if not is_local_machine(cfg.master.strip()):
+    if not local:
         spark.sparkContext.addPyFile(_code_zip())
     return spark
 

@@ -117,7 +117,8 @@ def serve(spec: WorkerSpec, worker: int, blocks: dict[int, ImageSet], threads: i
     requests = 0
     try:
         send_message(sock, Message("hello", {"worker": worker, "partitions": sorted(blocks),
-                                             "device": str(pw.device)}))
+                                             "device": str(pw.device), "pid": os.getpid(),
+                                             "executor_pid": executor_pid()}))
         attempt = int(recv_message(sock).meta["attempt"])
         while True:
             t_wait = time.perf_counter()
@@ -141,6 +142,23 @@ def serve(spec: WorkerSpec, worker: int, blocks: dict[int, ImageSet], threads: i
     finally:
         sock.close()
     return {"worker": worker, "attempt": attempt, "requests": requests}
+
+
+def executor_pid(pid: int | None = None) -> int | None:
+    """The JVM (executor, or the driver in local[N]) above this Python worker, from /proc; None elsewhere."""
+    pid = os.getpid() if pid is None else pid
+    for _ in range(8):
+        try:
+            stat = open(f"/proc/{pid}/stat").read()
+        except OSError:
+            return None
+        comm, rest = stat[stat.index("(") + 1:stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        if comm == "java":
+            return pid
+        pid = int(rest[1])              # field 4: the parent's pid
+        if pid <= 1:
+            return None
+    return None
 
 
 def make_task(spec: WorkerSpec, threads: int):

@@ -27,6 +27,7 @@ from models.paths import data_home
 from tasks.evaluate import evaluate_generator
 from tasks.model_io import load_generator
 from tasks.registry import promote, register_version
+from tasks.resume import ResumePoint, resume_point
 from tasks.retrain import COMPLETED, TAG_PIPELINE, TAG_VERSION, RetrainDecision, config_hash, decide_retrain
 from tasks.tracking import configure_tracking
 
@@ -111,7 +112,16 @@ def validate_data(source: str, data: DataConfig, resolution: int) -> data_gate.G
     return _validate.with_options(refresh_cache=fresh)(source, data, resolution, str(out), key)
 
 
-# ---------------------------------------------------------------- retrain check
+# ---------------------------------------------------------------- resume, retrain check
+
+@task(name="find-resume-point", cache_policy=NO_CACHE)
+def find_resume_point(resume: str) -> ResumePoint:
+    """The checkpoint, folder, config and MLflow run that `resume` ('latest', a run folder, a file) continues."""
+    point = resume_point(resume)
+    get_run_logger().info(f"resuming {point.checkpoint} at step {point.step} of {point.config.train.steps} "
+                          f"(MLflow run {point.mlflow_run_id or 'new'})")
+    return point
+
 
 @task(name="check-retrain", cache_policy=NO_CACHE, **IO_RETRIES, retry_condition_fn=_io_error)
 def check_retrain(config: Config, fingerprint: str, force: bool) -> RetrainDecision:

@@ -38,18 +38,16 @@ from models.singan import (
 )
 from models.singan.image import SKIMAGE_PREFIX, load_bundled
 from tasks.data_gate import DataGateError, GateResult
+from tasks.mlflow_sink import CHECKPOINTS_DIR, SAMPLES_DIR, MlflowSink
 from tasks.pipeline import IO_RETRIES, _io_error, validate_data
 from tasks.retrain import TAG_FLOW_RUN, TAG_PIPELINE, TAG_VERSION
 from tasks.singan_io import ARTIFACT_PATH, REGISTERED_NAME, load_singan_model, log_singan
 from tasks.singan_registry import image_slug, promote_image, register_image_version
 from tasks.tracking import (
-    CHECKPOINTS_DIR,
     CONFIG_ARTIFACT,
-    SAMPLES_DIR,
     TAG_FINGERPRINT,
     TAG_GIT_COMMIT,
     TAG_PRESET,
-    MlflowSink,
     configure_tracking,
     ensure_experiment,
     git_commit,
@@ -191,7 +189,6 @@ def train_singan_model(cfg: SinGANConfig, image: ValidatedImage, out_dir: str | 
         mlflow.log_params({k: str(list(v) if isinstance(v, tuple) else v) for k, v in cfg.flat().items()})
         mlflow.log_text(cfg.to_json(), CONFIG_ARTIFACT)
         _log_validation(image.gate)
-        sink = MlflowSink(run.info.run_id, checkpoint_dir=out)
         progress = create_progress_artifact(0.0, key="singan-training-progress",
                                             description="SinGAN training: iterations done / total")
 
@@ -202,16 +199,17 @@ def train_singan_model(cfg: SinGANConfig, image: ValidatedImage, out_dir: str | 
 
         def on_scale_end(s: SinGANState, m: dict[str, float]) -> None:
             save_singan(s, ckpt)
-            sink.client.log_artifact(run.info.run_id, str(ckpt), CHECKPOINTS_DIR)
+            sink.log_artifact(ckpt, CHECKPOINTS_DIR)
             h, w = s.sizes[s.trained_scales - 1]
             grid = save_png(make_grid(to_uint8(sample(s, GRID_N, GRID_SEED))),
                             out / SAMPLES_DIR / f"scale_{s.trained_scales - 1:02d}_{h}x{w}.png", scale=2)
-            sink.client.log_artifact(run.info.run_id, str(grid), SAMPLES_DIR)
+            sink.log_artifact(grid, SAMPLES_DIR)
 
         t0 = time.perf_counter()
         log.info(f"training SinGAN ({cfg.preset} preset) on {image.source}; MLflow run {run.info.run_id}")
         callbacks = dict(on_log=on_log, on_scale_end=on_scale_end, print_fn=log.info)
-        state = train_singan(state, **callbacks) if state else fit(cfg, **callbacks)
+        with MlflowSink(run.info.run_id, checkpoint_dir=out, print_fn=log.info) as sink:
+            state = train_singan(state, **callbacks) if state else fit(cfg, **callbacks)
         wall = time.perf_counter() - t0
         if not state.done:
             raise RuntimeError(f"SinGAN training stopped after {state.trained_scales}/{state.num_scales} scales")

@@ -1,4 +1,4 @@
-"""MLflow tracking: where the store is, what every training run logs, and a sink for the trainer's callbacks.
+"""MLflow tracking: where the store is and what every training run logs (the trainer's sink: tasks.mlflow_sink).
 
 Store resolution (first wins): the `uri` argument (e.g. from config or a flow parameter), the
 MLFLOW_TRACKING_URI environment variable, then the embedded default
@@ -11,26 +11,18 @@ import contextlib
 import os
 import re
 import subprocess
-import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from models.checkpoint import save_checkpoint
 from models.config import Config
-from models.grid import make_grid, sample, save_png, to_uint8
 from models.paths import data_home
-from models.step import GANState
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-SAMPLES_DIR = "samples"            # artifact folders named in PRODUCT.md
-CHECKPOINTS_DIR = "checkpoints"
 CONFIG_ARTIFACT = "config.json"
 # Run tags (besides MLflow's own mlflow.source.git.commit).
 TAG_GIT_COMMIT = "git_commit"
@@ -136,19 +128,40 @@ def run_tags(config: Config, dataset_fingerprint: str | None = None, dataset_siz
 def start_training_run(config: Config, experiment: str = "transsrgan", run_name: str | None = None,
                        tags: dict[str, str] | None = None, *, dataset_fingerprint: str | None = None,
                        dataset_size: int | None = None, tracking_uri: str | None = None,
-                       system_metrics: bool = True) -> Iterator[mlflow.ActiveRun]:
+                       system_metrics: bool = True, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
     """An MLflow run with the flattened config as params, provenance tags and system metrics.
 
+    `run_id` reopens that run (a resumed training continues its curves) when it still exists in the store.
     Yields the active run; the run ends FINISHED, or FAILED if the body raises (then the error re-raises).
     """
     if tracking_uri is not None or not _is_configured():
         configure_tracking(tracking_uri)
     exp_id = ensure_experiment(experiment)
-    with mlflow.start_run(experiment_id=exp_id, run_name=run_name, log_system_metrics=system_metrics,
-                          tags=run_tags(config, dataset_fingerprint, dataset_size, tags)) as run:
-        mlflow.log_params({k: _param(v) for k, v in config.flat().items()})
+    all_tags = run_tags(config, dataset_fingerprint, dataset_size, tags)
+    params = {k: _param(v) for k, v in config.flat().items()}
+    if run_id is not None and not _run_exists(run_id):
+        run_id = None
+    if run_id is None:
+        ctx = mlflow.start_run(experiment_id=exp_id, run_name=run_name, log_system_metrics=system_metrics,
+                               tags=all_tags)
+    else:
+        ctx = mlflow.start_run(run_id=run_id, log_system_metrics=system_metrics)
+    with ctx as run:
+        if run_id is not None:
+            mlflow.set_tags(all_tags)
+            params = {k: v for k, v in params.items() if k not in run.data.params}   # params are write-once
+        if params:
+            mlflow.log_params(params)
         mlflow.log_text(config.to_json(), CONFIG_ARTIFACT)
         yield run
+
+
+def _run_exists(run_id: str) -> bool:
+    try:
+        MlflowClient().get_run(run_id)
+        return True
+    except MlflowException:
+        return False
 
 
 def _is_configured() -> bool:
@@ -160,52 +173,3 @@ def _is_configured() -> bool:
 
 def _param(value: Any) -> str:
     return "null" if value is None else str(list(value) if isinstance(value, tuple) else value)
-
-
-class MlflowSink:
-    """The trainer's callbacks, logging to one run: `train(state, source, **sink.callbacks())`.
-
-    Uses the client with an explicit run id, so it works from any thread and needs no active run.
-    """
-
-    def __init__(self, run_id: str, *, sample_n: int = 64, sample_seed: int = 0,
-                 checkpoint_dir: str | Path | None = None, keep_checkpoints: bool = False):
-        self.run_id = run_id
-        self.client = MlflowClient()
-        self.sample_n, self.sample_seed = sample_n, sample_seed
-        self.keep_checkpoints = keep_checkpoints   # False: checkpoints/checkpoint.pt holds the latest only
-        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else data_home() / "checkpoints" / run_id
-        self.last_checkpoint: Path | None = None
-
-    @classmethod
-    def for_active_run(cls, **kwargs: Any) -> "MlflowSink":
-        run = mlflow.active_run()
-        if run is None:
-            raise RuntimeError("MlflowSink.for_active_run: no active MLflow run; use start_training_run(...)")
-        return cls(run.info.run_id, **kwargs)
-
-    def callbacks(self) -> dict[str, Any]:
-        return {"on_log": self.on_log, "on_sample": self.on_sample, "on_checkpoint": self.on_checkpoint}
-
-    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
-        """Any metric dict (speed-up ratios, evaluation) in one batch call."""
-        ts = int(time.time() * 1000)
-        batch = [Metric(k, float(v), ts, int(step or 0)) for k, v in metrics.items()]
-        for i in range(0, len(batch), 1000):
-            self.client.log_batch(self.run_id, metrics=batch[i:i + 1000])
-
-    def on_log(self, state: GANState, metrics: dict[str, float]) -> None:
-        self.log_metrics(metrics, step=state.step)
-
-    def on_sample(self, state: GANState, metrics: dict[str, float]) -> None:
-        mc = state.config.model
-        images = sample(state.G_ema, self.sample_n, self.sample_seed, mc.z_dim, mc.num_classes)  # (n, C, H, W)
-        with tempfile.TemporaryDirectory() as tmp:
-            png = save_png(make_grid(to_uint8(images)), Path(tmp) / f"step_{state.step:06d}.png", scale=2)
-            self.client.log_artifact(self.run_id, str(png), SAMPLES_DIR)
-
-    def on_checkpoint(self, state: GANState, metrics: dict[str, float]) -> None:
-        name = f"step_{state.step:06d}.pt" if self.keep_checkpoints else "checkpoint.pt"
-        path = save_checkpoint(state, self.checkpoint_dir / name)
-        self.last_checkpoint = path
-        self.client.log_artifact(self.run_id, str(path), CHECKPOINTS_DIR)

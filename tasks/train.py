@@ -12,17 +12,24 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from models.checkpoint import load_checkpoint, read_checkpoint
-from models.config import Config
+from models.config import Config, config_from_dict
 from models.data import load_dataset
 from models.paths import data_home
 from models.step import GANState
-from models.trainer import LocalGradSource, train
+from models.trainer import DivergenceError, LocalGradSource, train
 from spark_training.dfagd import DFAGDStats, train_dfagd
+from tasks.mlflow_sink import CHECKPOINTS_DIR, MlflowSink
 from tasks.model_io import log_generator
+from tasks.resume import (
+    CHECKPOINT,
+    ResumeError,
+    ResumePoint,
+    config_differences,
+    read_run_record,
+    write_run_record,
+)
 from tasks.retrain import TAG_CONFIG_HASH, TAG_FLOW_RUN, TAG_PIPELINE, RetrainDecision
-from tasks.tracking import MlflowSink, configure_tracking, start_training_run
-
-CHECKPOINT = "checkpoint.pt"
+from tasks.tracking import configure_tracking, start_training_run
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,70 +42,105 @@ class TrainOutcome:
     steps: int
     wall_s: float
     metrics: dict[str, float]     # the last logged training metrics (loss_d, loss_g, images_per_s, ...)
-    resumed_from: int             # step a retried flow run resumed at (0 = fresh)
+    resumed_from: int             # step the run resumed at (0 = fresh)
 
 
-def _resume_state(path: Path, config: Config, print_fn) -> GANState | None:
-    """A retried flow run finds its own checkpoint in its output folder; resume only with the same config."""
+def _own_checkpoint(out: Path, config: Config, fingerprint: str, print_fn) -> GANState | None:
+    """A retried flow run finds its own checkpoint in its private folder; resume only with the same config and data."""
+    path = out / CHECKPOINT
     if not path.is_file():
         return None
-    stored = read_checkpoint(path).get("config")
-    if stored != config.to_dict():
-        print_fn(f"ignoring {path}: it was written with another config")
+    stored = config_from_dict(read_checkpoint(path)["config"])
+    record = read_run_record(out)
+    if config_differences(stored, config) or record.get("dataset_fingerprint") not in (None, fingerprint):
+        print_fn(f"ignoring {path}: it was written with another config or other data")
         return None
     state = load_checkpoint(path, config)
     print_fn(f"resuming from {path} at step {state.step}")
     return state
 
 
+def _resumed(point: ResumePoint, config: Config, fingerprint: str) -> GANState:
+    """The state to continue an explicit --resume from; the data and config must be the run's own."""
+    if point.fingerprint is not None and point.fingerprint != fingerprint:
+        raise ResumeError(f"resume: the data changed since {point.checkpoint} was written (dataset fingerprint "
+                          f"{point.fingerprint[:12]} -> {fingerprint[:12]}); resuming needs the same data")
+    stored = config_from_dict(read_checkpoint(point.checkpoint)["config"])
+    diff = config_differences(stored, config)
+    if diff:
+        raise ResumeError(f"resume: {point.checkpoint} was written with another config: {'; '.join(diff)}")
+    return load_checkpoint(point.checkpoint, config)
+
+
 @task(name="train", cache_policy=NO_CACHE)
 def train_model(config: Config, gate: Any, decision: RetrainDecision, out_dir: str | None = None,
-                engine: Literal["spark", "local"] = "spark") -> TrainOutcome:
+                engine: Literal["spark", "local"] = "spark", resume: ResumePoint | None = None) -> TrainOutcome:
     """Train on the gate's manifest inside one MLflow run; the Spark session lives and dies inside this task.
 
-    `gate` is the data gate's GateResult (paths and counts). Output (checkpoint, samples) goes to out_dir,
-    default $TRANSSRGAN_HOME/runs/<flow run name>, where a retried flow run resumes from its own checkpoint.
+    `gate` is the data gate's GateResult (paths and counts). Output (checkpoint, samples, run.json) goes to
+    out_dir, default $TRANSSRGAN_HOME/runs/<flow run name>, where a retried flow run resumes from its own
+    checkpoint. `resume` (from tasks.resume.resume_point) continues that run: its folder, its MLflow run.
     """
     log = get_run_logger()
     configure_tracking()
+    source = config.data.source
     config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=str(gate.manifest_path)))
     run_name = flow_run.name or time.strftime("%Y%m%d-%H%M%S")
-    out = Path(out_dir) if out_dir else data_home() / "runs" / run_name
+    out = Path(resume.out_dir if resume else out_dir or data_home() / "runs" / run_name)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / CHECKPOINT
-    # Only the default folder is private to this flow run; a shared --out folder never resumes someone else.
-    state = None if out_dir else _resume_state(ckpt_path, config, log.info)
+    if resume is not None:
+        state: GANState | None = _resumed(resume, config, gate.fingerprint)
+        log.info(f"resuming {resume.checkpoint} at step {state.step}")
+    else:
+        # Only the default folder is private to this flow run; a shared --out folder never resumes someone else.
+        state = None if out_dir else _own_checkpoint(out, config, gate.fingerprint, log.info)
     start_step = state.step if state else 0
+    previous_run = read_run_record(out).get("mlflow_run_id") if state else None
     total = config.train.steps
     progress_id = create_progress_artifact(100.0 * start_step / max(total, 1), key="training-progress",
                                            description=f"{config.model.arch} training: steps done / {total}")
 
     tags = {TAG_CONFIG_HASH: decision.config_hash, TAG_PIPELINE: "running", TAG_FLOW_RUN: str(flow_run.id or ""),
             "engine": engine, "retrain_reason": decision.reason[:500]}
+    if start_step:
+        tags["resumed_from_step"] = str(start_step)
     with start_training_run(config, run_name=run_name, tags=tags, dataset_fingerprint=gate.fingerprint,
-                            dataset_size=gate.n_valid) as run:
+                            dataset_size=gate.n_valid, run_id=previous_run) as run:
+        write_run_record(out, mlflow_run_id=run.info.run_id, data_source=source,
+                         dataset_fingerprint=gate.fingerprint, config_hash=decision.config_hash)
         for report in (gate.validation_json, gate.quarantine_path, gate.data_docs_dir):
             if report:
                 _log_validation(Path(report))
-        sink = MlflowSink(run.info.run_id, checkpoint_dir=out)   # writes out/checkpoint.pt, logs checkpoints/
-
-        def on_log(s: GANState, m: dict[str, float]) -> None:
-            sink.on_log(s, m)
-            update_progress_artifact(progress_id, 100.0 * s.step / max(total, 1))
-
         t0 = time.perf_counter()
         log.info(f"training {config.model.arch} ({config.preset} preset) for {total} steps with engine={engine}: "
-                 f"{_engine_summary(config, engine)}; MLflow run {run.info.run_id}")
-        if engine == "spark":
-            stats = DFAGDStats()
-            state = train_dfagd(config, state=state, on_log=on_log, on_sample=sink.on_sample,
-                                on_checkpoint=sink.on_checkpoint, print_fn=log.info, stats_out=stats)
-            sink.log_metrics({f"dfagd_{k}_per_iter": v for k, v in stats.breakdown().items()}, step=state.step)
-        else:
-            state = _train_local(config, state, on_log, sink.on_sample, sink.on_checkpoint, log.info)
+                 f"{_engine_summary(config, engine)}; MLflow run {run.info.run_id}; checkpoints in {out}")
+        # writes out/checkpoint.pt and logs checkpoints/; buffers tracking records while the store is unreachable
+        with MlflowSink(run.info.run_id, checkpoint_dir=out, print_fn=log.warning) as sink:
+
+            def on_log(s: GANState, m: dict[str, float]) -> None:
+                sink.on_log(s, m)
+                update_progress_artifact(progress_id, 100.0 * s.step / max(total, 1))
+
+            try:
+                if engine == "spark":
+                    stats = DFAGDStats()
+                    state = train_dfagd(config, state=state, on_log=on_log, on_sample=sink.on_sample,
+                                        on_checkpoint=sink.on_checkpoint, print_fn=log.info, stats_out=stats)
+                    sink.log_metrics({f"dfagd_{k}_per_iter": v for k, v in stats.breakdown().items()},
+                                     step=state.step)
+                else:
+                    state = _train_local(config, state, on_log, sink.on_sample, sink.on_checkpoint, log.info)
+            except DivergenceError as exc:
+                last = sink.last_checkpoint or (ckpt_path if ckpt_path.is_file() else None)
+                where = (f"the last good checkpoint is {last} (logged under {CHECKPOINTS_DIR}/); resume it with "
+                         f"`transsrgan train --resume {out}` after changing nothing, or start over with a lower "
+                         f"learning rate" if last else "no checkpoint was written before it")
+                mlflow.set_tag("failure", f"diverged: {str(exc)[:400]}")
+                raise DivergenceError(f"{exc}; {where}") from exc
+            if sink.last_checkpoint is None:     # resumed at the last step: nothing was trained or saved
+                sink.on_checkpoint(state, {})
         wall = time.perf_counter() - t0
-        if sink.last_checkpoint is None:     # resumed at the last step: nothing was trained or saved
-            sink.on_checkpoint(state, {})
         log_generator(state, config)
         mlflow.log_metric("train_wall_s", wall)
         last = {k: float(v) for k, v in (state.history[-1] if state.history else {}).items() if k != "step"}
@@ -111,7 +153,7 @@ def _train_local(config: Config, state: GANState | None, on_log, on_sample, on_c
     from models.step import build_state
 
     data = load_dataset(config.data.source, config.model.resolution, config.model.channels, config.data.limit)
-    state = state or build_state(config)
+    state = build_state(config) if state is None else state
     return train(state, LocalGradSource(data, config), on_log=on_log, on_sample=on_sample,
                  on_checkpoint=on_checkpoint, print_fn=print_fn)
 

@@ -37,7 +37,8 @@ def tiny_run(store, tmp_path_factory):
     from models.step import build_state
     from models.trainer import LocalGradSource, train
     from tasks.model_io import log_generator
-    from tasks.tracking import MlflowSink, start_training_run
+    from tasks.mlflow_sink import MlflowSink
+    from tasks.tracking import start_training_run
 
     cfg = resolve_config("tiny", {"train.steps": 4, "train.log_every": 2, "train.sample_every": 2,
                                   "train.checkpoint_every": 4, "data.limit": 64})
@@ -48,9 +49,9 @@ def tiny_run(store, tmp_path_factory):
     try:
         with start_training_run(cfg, experiment="t_tracking", run_name="tiny", tags={"engine": "local"},
                                 dataset_fingerprint="fp-abc", dataset_size=len(data)) as run:
-            sink = MlflowSink(run.info.run_id, sample_n=4, checkpoint_dir=tmp_path_factory.mktemp("ckpt"))
-            train(state, LocalGradSource(data, cfg), print_fn=None, **sink.callbacks())
-            sink.log_metrics({"speedup_vs_1_worker": 1.5, "efficiency": 0.75})
+            with MlflowSink(run.info.run_id, sample_n=4, checkpoint_dir=tmp_path_factory.mktemp("ckpt")) as sink:
+                train(state, LocalGradSource(data, cfg), print_fn=None, **sink.callbacks())
+                sink.log_metrics({"speedup_vs_1_worker": 1.5, "efficiency": 0.75})
             log_generator(state, cfg)
             import time
             time.sleep(0.5)   # let the system-metrics thread log at least one sample

@@ -63,6 +63,59 @@ def test_divergence_stops_after_max_bad_steps(digits16):
         train(state, LocalGradSource(digits16, c), print_fn=None)
 
 
+class NaNAt:
+    """A gradient source that returns a NaN gradient for one phase ('d' or 'g') at the given steps."""
+
+    def __init__(self, inner, steps: set[int], phase: str):
+        self.inner, self.steps, self.phase = inner, steps, phase
+
+    def _poison(self, grad, step, phase):
+        if step in self.steps and phase == self.phase:
+            grad = grad.clone()
+            grad[0] = float("nan")
+        return grad
+
+    def d_grad(self, state, step, k):
+        grad, s = self.inner.d_grad(state, step, k)
+        return self._poison(grad, step, "d"), s
+
+    def g_grad(self, state, step):
+        grad, s = self.inner.g_grad(state, step)
+        return self._poison(grad, step, "g"), s
+
+
+def _flat_state(state):
+    opt = [t.clone() for o in (state.opt_g, state.opt_d) for st in o.state_dict()["state"].values()
+           for t in st.values()]
+    return [get_flat(state.G), get_flat(state.D), get_flat(state.G_ema), *opt]
+
+
+@pytest.mark.parametrize("phase", ["d", "g"])
+def test_a_nan_step_applies_nothing_from_the_bad_update_on(digits16, phase):
+    c = cfg(**{"train.steps": 4, "train.n_critic": 2, "train.ema_start": 0, "train.ema_decay": 0.9})
+    clean_1 = train(build_state(c), LocalGradSource(digits16, c), steps=1, print_fn=None)
+    lines: list[str] = []
+    state = train(build_state(c), NaNAt(LocalGradSource(digits16, c), {1}, phase), steps=2, print_fn=lines.append)
+    assert state.step == 2 and any("step 2: non-finite" in ln for ln in lines)
+    after = _flat_state(state)
+    if phase == "d":     # the first D update of step 1 is bad: nothing of step 1 is applied
+        for a, b in zip(after, _flat_state(clean_1)):
+            assert torch.equal(a, b)
+    else:                # both D updates of step 1 applied; G, its Adam state and the EMA untouched
+        assert torch.equal(after[0], get_flat(clean_1.G)) and torch.equal(after[2], get_flat(clean_1.G_ema))
+        assert not torch.equal(after[1], get_flat(clean_1.D))
+    train(state, NaNAt(LocalGradSource(digits16, c), {1}, phase), print_fn=None)     # goes on to the end
+    assert state.step == 4 and all(torch.isfinite(t).all() for t in _flat_state(state))
+
+
+def test_checkpoints_stay_on_schedule_through_a_bad_step(digits16):
+    c = cfg(**{"train.steps": 4, "train.checkpoint_every": 2})
+    saved: list[int] = []
+    train(build_state(c), NaNAt(LocalGradSource(digits16, c), {1, 3}, "d"), print_fn=None,
+          on_checkpoint=lambda s, m: saved.append(s.step))
+    assert saved == [2, 4]
+
+
 def test_same_seed_same_weights(digits16):
     runs = []
     for _ in range(2):

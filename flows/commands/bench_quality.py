@@ -194,7 +194,8 @@ def _log_child(client, exp_id: str, parent_id: str, name: str, run, result: dict
     from models.checkpoint import save_checkpoint
     from models.grid import make_grid, save_png
     from spark_training.bench_quality import generated
-    from tasks.tracking import MlflowSink, run_tags
+    from tasks.mlflow_sink import MlflowSink
+    from tasks.tracking import run_tags
 
     tags = {**run_tags(run.config, gate.fingerprint, gate.n_valid, {"bench": "quality", "model": name}),
             "mlflow.parentRunId": parent_id, "feature_extractor": result["feature_extractor"]}
@@ -203,19 +204,17 @@ def _log_child(client, exp_id: str, parent_id: str, name: str, run, result: dict
     params = [Param(k, "null" if v is None else str(list(v) if isinstance(v, tuple) else v))
               for k, v in run.config.flat().items()]
     client.log_batch(cid, params=params)
-    sink = MlflowSink(cid)
-    for _t, m in run.log_times:
-        sink.log_metrics({k: v for k, v in m.items() if k != "step"}, step=int(m["step"]))
-    for c in result["models"][name]["curve"][:-1]:
-        sink.log_metrics({f"curve.{k}": v for k, v in c.items() if k not in ("step", "n")}, step=int(c["step"]))
-    m = result["models"][name]
-    sink.log_metrics({**m["metrics"], "iterations": m["iterations"], "images_per_s": m["images_per_s"],
-                      "train_s": m["train_s"], "s_per_iter": m["s_per_iter"]}, step=run.iterations)
     folder = out / name
-    grid = np.ascontiguousarray(generated(run.state.G_ema, 64, run.config).transpose(0, 2, 3, 1))
-    png = save_png(make_grid(grid), folder / f"step_{run.iterations:06d}.png", scale=2)
-    client.log_artifact(cid, str(png), "samples")
-    ckpt = save_checkpoint(run.state, folder / "checkpoint.pt")
-    client.log_artifact(cid, str(ckpt), "checkpoints")
+    with MlflowSink(cid, checkpoint_dir=folder, print_fn=None) as sink:
+        for _t, m in run.log_times:
+            sink.log_metrics({k: v for k, v in m.items() if k != "step"}, step=int(m["step"]))
+        for c in result["models"][name]["curve"][:-1]:
+            sink.log_metrics({f"curve.{k}": v for k, v in c.items() if k not in ("step", "n")}, step=int(c["step"]))
+        m = result["models"][name]
+        sink.log_metrics({**m["metrics"], "iterations": m["iterations"], "images_per_s": m["images_per_s"],
+                          "train_s": m["train_s"], "s_per_iter": m["s_per_iter"]}, step=run.iterations)
+        grid = np.ascontiguousarray(generated(run.state.G_ema, 64, run.config).transpose(0, 2, 3, 1))
+        sink.log_artifact(save_png(make_grid(grid), folder / f"step_{run.iterations:06d}.png", scale=2), "samples")
+        sink.log_artifact(save_checkpoint(run.state, folder / "checkpoint.pt"), "checkpoints")
     client.set_terminated(cid, "FINISHED")
     return cid

@@ -70,6 +70,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="train even if data and config are unchanged")
     p.add_argument("--engine", choices=["spark", "local"], default="spark",
                    help="spark: DFAGD on Spark (default); local: the single-process reference trainer")
+    p.add_argument("--resume", nargs="?", const="latest", metavar="RUN",
+                   help="continue an interrupted run from its last checkpoint, in the same folder and MLflow run: "
+                        "a run folder, a checkpoint file, or nothing for the latest run under "
+                        "$TRANSSRGAN_HOME/runs; its config and data are the checkpoint's, so config flags are refused")
     p.add_argument("--require-standard-features", action="store_true",
                    help="fail evaluation instead of falling back to random Inception weights when the standard "
                         "weights file is missing")
@@ -79,7 +83,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 # CLI names for the flow parameters, so that errors name the flag the user typed.
 FLAGS = {"preset": "--preset", "data": "--data (data.source)", "steps": "--steps (train.steps)",
          "workers": "--workers (spark.workers)", "spark_master": "--spark-master (spark.master)",
-         "model": "--model (model.arch)", "config_file": "--config", "overrides": "--set"}
+         "model": "--model (model.arch)", "config_file": "--config", "overrides": "--set", "resume": "--resume"}
 
 
 def params_from_args(args: argparse.Namespace) -> dict:
@@ -95,7 +99,8 @@ def params_from_args(args: argparse.Namespace) -> dict:
                              spark_master=args.spark_master,
                              model=None if args.model == "transsrgan" else args.model,
                              config_file=args.config, overrides=overrides or None, force=args.force,
-                             allow_random_features=not args.require_standard_features, engine=args.engine)
+                             allow_random_features=not args.require_standard_features, engine=args.engine,
+                             resume=args.resume)
     except ValidationError as exc:
         raise UsageError(describe_error(exc, FLAGS)) from None
     return params.model_dump()

@@ -1,0 +1,226 @@
+"""The trainer's MLflow sink: metrics, sample grids and checkpoints, sent in the background and spooled to disk.
+
+Training never waits for the tracking server. Every record (a batch of metrics, or an artifact file) is first
+appended to a local spool (`<run folder>/mlflow-spool.jsonl`) and then sent by one background thread, in order.
+While the server is unreachable the thread keeps retrying with backoff and training goes on; when the server is
+back the backlog is flushed. `close()` waits up to `flush_timeout_s` for the backlog and otherwise raises
+TrackingUnavailable, naming the spool and the checkpoint, which are both on local disk. A sink opened later on
+the same folder (a resumed run) sends what the spool still holds before anything new.
+
+Checkpoints are written locally first (atomically, models.checkpoint.save_checkpoint) and only then queued for
+upload, so an outage never costs a checkpoint.
+"""
+
+import json
+import os
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from models.checkpoint import save_checkpoint
+from models.grid import make_grid, sample, save_png, to_uint8
+from models.paths import data_home
+from models.step import GANState
+
+SAMPLES_DIR = "samples"            # artifact folders named in PRODUCT.md
+CHECKPOINTS_DIR = "checkpoints"
+SPOOL = "mlflow-spool.jsonl"
+MAX_BATCH = 1000                   # MLflow's log_batch limit on metrics per call
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server stayed unreachable past the flush timeout; the records are kept in the spool."""
+
+
+class Spool:
+    """Append-only JSONL of tracking records plus a watermark file with how many lines were sent."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.mark = path.with_name(path.name + ".sent")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.records: list[dict[str, Any]] = []
+        if path.is_file():
+            for line in path.read_text().splitlines():
+                if line.strip():
+                    try:
+                        self.records.append(json.loads(line))
+                    except json.JSONDecodeError:   # a torn last line from a crash mid-append: never sent, drop
+                        break
+        self.sent = min(int(self.mark.read_text() or 0), len(self.records)) if self.mark.is_file() else 0
+
+    def append(self, record: dict[str, Any]) -> None:
+        with self.path.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+        self.records.append(record)
+
+    def mark_sent(self, n: int) -> None:
+        self.sent = n
+        tmp = self.mark.with_name(self.mark.name + ".tmp")
+        tmp.write_text(str(n))
+        os.replace(tmp, self.mark)
+
+    @property
+    def pending(self) -> int:
+        return len(self.records) - self.sent
+
+
+class MlflowSink:
+    """The trainer's callbacks, logging to one run: `with MlflowSink(run_id, ...) as sink: train(..., **sink.callbacks())`.
+
+    Uses the client with an explicit run id, so it needs no active run. `close()` (or leaving the `with`) flushes.
+    """
+
+    def __init__(self, run_id: str, *, sample_n: int = 64, sample_seed: int = 0,
+                 checkpoint_dir: str | Path | None = None, keep_checkpoints: bool = False,
+                 flush_timeout_s: float = 300.0, print_fn=print):
+        self.run_id = run_id
+        self.client = MlflowClient()
+        self.sample_n, self.sample_seed = sample_n, sample_seed
+        self.keep_checkpoints = keep_checkpoints   # False: checkpoints/checkpoint.pt holds the latest only
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else data_home() / "checkpoints" / run_id
+        self.last_checkpoint: Path | None = None
+        self.flush_timeout_s = flush_timeout_s
+        self.say = print_fn or (lambda _msg: None)
+        self.spool = Spool(self.checkpoint_dir / SPOOL)
+        self.outage_since: float | None = None
+        self.outages = 0
+        self.last_error: BaseException | None = None
+        self._cv = threading.Condition()
+        self._closing = False
+        self._abandoned = False
+        if self.spool.pending:
+            self.say(f"mlflow: {self.spool.pending} tracking records left in {self.spool.path} by an earlier "
+                     f"attempt; sending them first")
+        self._thread = threading.Thread(target=self._send_loop, name="mlflow-sink", daemon=True)
+        self._thread.start()
+
+    def __enter__(self) -> "MlflowSink":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        # On an error in the body, flush what we can but let the original error through.
+        self.close(raise_on_timeout=exc_type is None)
+
+    def callbacks(self) -> dict[str, Any]:
+        return {"on_log": self.on_log, "on_sample": self.on_sample, "on_checkpoint": self.on_checkpoint}
+
+    # -- what the trainer calls (never blocks on the network) -------------------------------------------------
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Any metric dict (training metrics, speed-up ratios, evaluation), queued as one record."""
+        ts = int(time.time() * 1000)
+        self._put({"run_id": self.run_id, "kind": "metrics", "step": int(step or 0), "ts": ts,
+                   "metrics": {k: float(v) for k, v in metrics.items()}})
+
+    def log_artifact(self, path: str | Path, artifact_dir: str | None = None) -> None:
+        """A local file to upload; it must stay on disk until sent (the spool refers to it by path)."""
+        self._put({"run_id": self.run_id, "kind": "artifact", "path": str(Path(path).resolve()),
+                   "dir": artifact_dir})
+
+    def on_log(self, state: GANState, metrics: dict[str, float]) -> None:
+        self.log_metrics(metrics, step=state.step)
+
+    def on_sample(self, state: GANState, metrics: dict[str, float]) -> None:
+        mc = state.config.model
+        images = sample(state.G_ema, self.sample_n, self.sample_seed, mc.z_dim, mc.num_classes)  # (n, C, H, W)
+        png = save_png(make_grid(to_uint8(images)), self.checkpoint_dir / SAMPLES_DIR / f"step_{state.step:06d}.png",
+                       scale=2)
+        self.log_artifact(png, SAMPLES_DIR)
+
+    def on_checkpoint(self, state: GANState, metrics: dict[str, float]) -> None:
+        name = f"step_{state.step:06d}.pt" if self.keep_checkpoints else "checkpoint.pt"
+        path = save_checkpoint(state, self.checkpoint_dir / name)   # CheckpointError names what is left
+        self.last_checkpoint = path
+        self.log_artifact(path, CHECKPOINTS_DIR)
+
+    # -- background sending ---------------------------------------------------------------------------------
+    def _put(self, record: dict[str, Any]) -> None:
+        with self._cv:
+            self.spool.append(record)
+            self._cv.notify()
+
+    def _next_batch(self) -> tuple[list[dict[str, Any]], int]:
+        """Pending records to send in one call: consecutive metric records merged up to MAX_BATCH metrics."""
+        recs = self.spool.records[self.spool.sent:]
+        first = recs[0]
+        if first["kind"] != "metrics":
+            return [first], 1
+        batch, n_metrics = [], 0
+        for r in recs:
+            if r["kind"] != "metrics" or r["run_id"] != first["run_id"] or n_metrics + len(r["metrics"]) > MAX_BATCH:
+                break
+            batch.append(r)
+            n_metrics += len(r["metrics"])
+        return batch or [first], max(len(batch), 1)
+
+    def _send(self, batch: list[dict[str, Any]]) -> None:
+        first = batch[0]
+        if first["kind"] == "metrics":
+            metrics = [Metric(k, v, r["ts"], r["step"]) for r in batch for k, v in r["metrics"].items()]
+            if metrics:
+                self.client.log_batch(first["run_id"], metrics=metrics)
+        elif Path(first["path"]).is_file():   # a sample grid or checkpoint removed meanwhile has nothing to send
+            later = [r for r in self.spool.records[self.spool.sent + 1:]
+                     if r["kind"] == "artifact" and r["path"] == first["path"]]
+            if not later:                      # a checkpoint overwritten later is uploaded once, at its last record
+                self.client.log_artifact(first["run_id"], first["path"], first["dir"])
+
+    def _send_loop(self) -> None:
+        delay = 0.5
+        while True:
+            with self._cv:
+                while not self.spool.pending and not self._closing:
+                    self._cv.wait()
+                if not self.spool.pending or self._abandoned:
+                    return
+                batch, n = self._next_batch()
+            try:
+                self._send(batch)
+            except Exception as exc:  # noqa: BLE001 - any failure to reach the store is retried, never fatal
+                self.last_error = exc
+                if self.outage_since is None:
+                    self.outage_since = time.monotonic()
+                    self.outages += 1
+                    self.say(f"mlflow: tracking store unreachable ({type(exc).__name__}: {str(exc)[:200]}); "
+                             f"training goes on, records are buffered in {self.spool.path}")
+                with self._cv:
+                    self._cv.wait(timeout=delay)
+                delay = min(delay * 2, 10.0)
+                continue
+            with self._cv:
+                self.spool.mark_sent(self.spool.sent + n)
+            if self.outage_since is not None:
+                self.say(f"mlflow: tracking store reachable again after {time.monotonic() - self.outage_since:.0f}s; "
+                         f"flushing {self.spool.pending} buffered records")
+                self.outage_since = None
+            delay = 0.5
+
+    def flush(self, timeout_s: float | None = None) -> bool:
+        """Wait until every record so far is sent (True) or the timeout passes (False)."""
+        deadline = time.monotonic() + (self.flush_timeout_s if timeout_s is None else timeout_s)
+        while self.spool.pending and self._thread.is_alive():
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return not self.spool.pending
+
+    def close(self, timeout_s: float | None = None, *, raise_on_timeout: bool = True) -> None:
+        """Flush, then stop the sender. Raises TrackingUnavailable if records are still unsent at the timeout."""
+        done = self.flush(timeout_s)
+        with self._cv:
+            self._closing = True
+            self._abandoned = not done
+            self._cv.notify_all()
+        if done:
+            self._thread.join(timeout=30)
+            return
+        if raise_on_timeout:
+            where = f"; the latest checkpoint is {self.last_checkpoint}" if self.last_checkpoint else ""
+            raise TrackingUnavailable(
+                f"the MLflow tracking store stayed unreachable ({type(self.last_error).__name__}: "
+                f"{str(self.last_error)[:200]}); {self.spool.pending} tracking records were not sent and are kept "
+                f"in {self.spool.path}{where}. They are sent when a run resumes from {self.checkpoint_dir}.")
