@@ -30,6 +30,7 @@ SAMPLES_DIR = "samples"            # artifact folders named in PRODUCT.md
 CHECKPOINTS_DIR = "checkpoints"
 SPOOL = "mlflow-spool.jsonl"
 MAX_BATCH = 1000                   # MLflow's log_batch limit on metrics per call
+SLOW_S = 10.0                      # a call unanswered this long counts as an outage (MLflow retries inside it)
 
 
 class TrackingUnavailable(RuntimeError):
@@ -93,6 +94,7 @@ class MlflowSink:
         self._cv = threading.Condition()
         self._closing = False
         self._abandoned = False
+        self._send_started: float | None = None
         if self.spool.pending:
             self.say(f"mlflow: {self.spool.pending} tracking records left in {self.spool.path} by an earlier "
                      f"attempt; sending them first")
@@ -142,6 +144,10 @@ class MlflowSink:
         with self._cv:
             self.spool.append(record)
             self._cv.notify()
+        started = self._send_started
+        if started is not None and self.outage_since is None and time.monotonic() - started > SLOW_S:
+            # MLflow's client is still retrying one call (it does so for minutes by default): say so once
+            self._outage(started, f"no answer for {time.monotonic() - started:.0f}s")
 
     def _next_batch(self) -> tuple[list[dict[str, Any]], int]:
         """Pending records to send in one call: consecutive metric records merged up to MAX_BATCH metrics."""
@@ -178,26 +184,34 @@ class MlflowSink:
                 if not self.spool.pending or self._abandoned:
                     return
                 batch, n = self._next_batch()
+            self._send_started = time.monotonic()
             try:
                 self._send(batch)
             except Exception as exc:  # noqa: BLE001 - any failure to reach the store is retried, never fatal
                 self.last_error = exc
+                self._send_started = None
                 if self.outage_since is None:
-                    self.outage_since = time.monotonic()
-                    self.outages += 1
-                    self.say(f"mlflow: tracking store unreachable ({type(exc).__name__}: {str(exc)[:200]}); "
-                             f"training goes on, records are buffered in {self.spool.path}")
+                    self._outage(time.monotonic(), f"{type(exc).__name__}: {str(exc)[:200]}")
                 with self._cv:
                     self._cv.wait(timeout=delay)
                 delay = min(delay * 2, 10.0)
                 continue
+            self._send_started = None
             with self._cv:
+                if self._abandoned:             # close() gave up on us: a later sink owns the spool now
+                    return
                 self.spool.mark_sent(self.spool.sent + n)
             if self.outage_since is not None:
                 self.say(f"mlflow: tracking store reachable again after {time.monotonic() - self.outage_since:.0f}s; "
                          f"flushing {self.spool.pending} buffered records")
                 self.outage_since = None
             delay = 0.5
+
+    def _outage(self, since: float, why: str) -> None:
+        self.outage_since = since
+        self.outages += 1
+        self.say(f"mlflow: tracking store unreachable ({why}); training goes on, {self.spool.pending} records "
+                 f"buffered in {self.spool.path}")
 
     def flush(self, timeout_s: float | None = None) -> bool:
         """Wait until every record so far is sent (True) or the timeout passes (False)."""

@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import mlflow
 from mlflow.exceptions import MlflowException
@@ -66,9 +67,35 @@ def artifact_root(uri: str | None = None) -> Path | None:
     return db.parent / "mlartifacts" if db else None
 
 
+_CREDENTIALS_FROM_URI = False     # configure_tracking set MLFLOW_TRACKING_USERNAME/PASSWORD from a URI
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """'http://user:pw@host:5000' -> ('http://host:5000', 'user', 'pw'); other URIs are returned unchanged."""
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or (parts.username is None and parts.password is None):
+        return uri, None, None
+    host = parts.hostname or ""
+    netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc)), unquote(parts.username or ""), unquote(parts.password or "")
+
+
 def configure_tracking(uri: str | None = None) -> str:
-    """Point MLflow tracking and registry at one store; returns the URI with any password redacted."""
-    resolved = resolve_tracking_uri(uri)
+    """Point MLflow tracking and registry at one store; returns the URI with any password redacted.
+
+    Credentials in an http(s) URI move to MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (MLflow's own
+    basic-auth settings), so the URI MLflow holds, and prints in its "View run at ..." lines, carries none.
+    """
+    global _CREDENTIALS_FROM_URI
+    resolved, user, password = split_credentials(resolve_tracking_uri(uri))
+    if user is not None:
+        os.environ["MLFLOW_TRACKING_USERNAME"] = user
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = password or ""
+        _CREDENTIALS_FROM_URI = True
+    elif _CREDENTIALS_FROM_URI:          # never send one store's credentials to another
+        os.environ.pop("MLFLOW_TRACKING_USERNAME", None)
+        os.environ.pop("MLFLOW_TRACKING_PASSWORD", None)
+        _CREDENTIALS_FROM_URI = False
     db = sqlite_path(resolved)
     if db:
         db.parent.mkdir(parents=True, exist_ok=True)

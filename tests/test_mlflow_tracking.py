@@ -36,8 +36,8 @@ def tiny_run(store, tmp_path_factory):
     from models.data import load_dataset
     from models.step import build_state
     from models.trainer import LocalGradSource, train
-    from tasks.model_io import log_generator
     from tasks.mlflow_sink import MlflowSink
+    from tasks.model_io import log_generator
     from tasks.tracking import start_training_run
 
     cfg = resolve_config("tiny", {"train.steps": 4, "train.log_every": 2, "train.sample_every": 2,

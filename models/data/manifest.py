@@ -92,6 +92,9 @@ def _symlink_entry(path: str, rel: str, root: Path) -> Entry:
         return e
     if not _within(resolved, root):
         e.scan_error = f"symlink-outside-root: points to {display_path(str(resolved))} (not followed)"
+    elif resolved.is_dir() and _within(Path(path).parent.resolve(), resolved):
+        # a link to its own folder or an ancestor: following it would walk the same tree forever
+        e.scan_error = f"symlink-loop: points to {display_path(str(resolved))}, a folder above it (not followed)"
     else:
         e.scan_error = f"symlink: points to {display_path(str(resolved))} inside the root (not followed; " \
                        "the target is checked on its own)"

@@ -1,0 +1,100 @@
+"""Chaos scenarios of the safe defaults: weights-only loading, symlinks out of the data root, loopback-only servers."""
+
+import os
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from models.checkpoint import read_checkpoint
+from models.config import DataConfig, resolve_config
+from models.data import load_dataset
+from spark_training.dfagd import train_dfagd
+from tasks.chaos import ChaosContext, Outcome, brief, scenario
+from tasks.services import LOOPBACK, listening_addresses, mlflow_server
+
+
+class _Payload:
+    """Unpickling this runs code: it touches a marker file. weights_only loading must refuse it."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@scenario("weights-only-load",
+          "a checkpoint file carrying a pickled code payload: loading refuses it and the payload never runs")
+def weights_only_load(ctx: ChaosContext) -> Outcome:
+    import torch
+
+    marker = ctx.current / "payload-ran"
+    path = ctx.current / "checkpoint.pt"
+    torch.save({"step": 1, "G": {}, "payload": _Payload(marker)}, path)
+    try:
+        read_checkpoint(path)
+        refused = "loaded without complaint"
+    except pickle.UnpicklingError as exc:
+        refused = f"refused ({type(exc).__name__}: {brief(str(exc).splitlines()[0], 100)})"
+    ran = marker.exists()
+    return Outcome(f"{refused}; payload ran: {'yes' if ran else 'no'}", refused.startswith("refused") and not ran)
+
+
+@scenario("symlink-escape",
+          "a data folder with a symlink to an image outside it and a symlink loop: neither is followed, both are "
+          "quarantined with a reason, every file is accounted for")
+def symlink_escape(ctx: ChaosContext) -> Outcome:
+    from tasks.data_gate import run_data_gate
+
+    root, outside = ctx.folder("data"), ctx.folder("outside")
+    digits = load_dataset("digits", 16, 1, limit=20).images          # (20, 1, 16, 16) uint8
+    for i, img in enumerate(digits):
+        Image.fromarray(img[0]).save(root / f"digit_{i:02d}.png")
+    Image.fromarray(np.full((16, 16), 200, np.uint8)).save(outside / "secret.png")
+    os.symlink(outside / "secret.png", root / "escape.png")
+    os.symlink(root, root / "loop")
+    gate = run_data_gate(str(root), ctx.folder("gate"), DataConfig(min_images=1), resolution=16)
+    manifest = pd.read_parquet(gate.manifest_path)
+    quarantine = pd.read_csv(gate.quarantine_path)
+    reasons = dict(zip(quarantine["path"].map(lambda p: Path(p).name), quarantine["reason"]))
+    leaked = any("outside" in str(p) or "secret" in str(p) for p in manifest.get("path", []))
+    accounted = gate.n_valid == 20 and {"escape.png", "loop"} <= set(reasons)
+    held = accounted and not leaked and "outside" in reasons.get("escape.png", "") \
+        and "loop" in reasons.get("loop", "")
+    return Outcome(f"{gate.n_valid} valid, quarantined: escape.png ({reasons.get('escape.png', '-')[:80]}), "
+                   f"loop ({reasons.get('loop', '-')[:60]}); outside file in the manifest: {'yes' if leaked else 'no'}",
+                   held, data_lost=not accounted)
+
+
+@scenario("servers-bind-loopback",
+          "every server the project starts listens on 127.0.0.1 only: Prefect and MLflow servers, the Spark driver "
+          "and local-cluster executors, the DFAGD reduction server")
+def servers_bind_loopback(ctx: ChaosContext) -> Outcome:
+    import psutil
+
+    seen: dict[str, set[tuple[str, int]]] = {}
+    seen["prefect server"] = listening_addresses(ctx.prefect_service().pids())
+    mlflow = mlflow_server(ctx.folder("mlflow"), ctx.current / "mlflow-server.log").start()
+    try:
+        seen["mlflow server"] = listening_addresses(mlflow.pids())
+    finally:
+        mlflow.stop()
+    cfg = resolve_config("tiny", {"train.steps": 2, "train.log_every": 1, "train.sample_every": 0,
+                                  "train.checkpoint_every": 0, "spark.workers": 2,
+                                  "spark.master": "local-cluster[2,1,1024]", "spark.executor_memory": "900m"})
+
+    def snapshot(state, metrics) -> None:             # mid-training: JVMs, executors, reduction server all up
+        me = psutil.Process()
+        seen["spark + dfagd (this process and its children)"] = listening_addresses(
+            [me.pid] + [c.pid for c in me.children(recursive=True)])
+
+    train_dfagd(cfg, data=load_dataset("digits", 16, 1, limit=128), print_fn=None, on_log=snapshot)
+    exposed = {who: sorted(a for a in addrs if a[0] not in LOOPBACK) for who, addrs in seen.items()}
+    exposed = {k: v for k, v in exposed.items() if v}
+    counts = ", ".join(f"{who}: {len(addrs)}" for who, addrs in seen.items())
+    held = not exposed and all(seen.values())
+    return Outcome(f"listening sockets checked ({counts}); not on loopback: "
+                   f"{exposed or 'none'}", held)
