@@ -157,6 +157,9 @@ class SparkConfig:
     extra_conf: dict[str, str] = field(default_factory=dict)  # any other Spark conf, e.g. spark.kubernetes.*
     fail_once_partition: int = -1  # TEST ONLY: this worker task raises on its first attempt (retry tests)
     driver_threads: int = 1       # torch threads of the driver's optimizer step (it shares cores with local workers)
+    # Before training with workers > 1, time this many iterations with N workers and with 1 (on a slice of the
+    # data) and log speedup_vs_1_worker / efficiency to the run; 0 = off.
+    speedup_probe_steps: int = 5
     # TEST ONLY (transsrgan chaos): "python:W@S" SIGKILLs worker W's Python process, "executor:W@S" its executor
     # JVM (local-cluster only), once, while step S's first gradient is being computed; "" = off.
     chaos_kill: str = ""
@@ -165,6 +168,7 @@ class SparkConfig:
         _check(self.workers >= 1, "spark.workers", ">= 1", self.workers)
         _check(self.task_max_failures >= 1, "spark.task_max_failures", ">= 1", self.task_max_failures)
         _check(self.driver_threads >= 1, "spark.driver_threads", ">= 1", self.driver_threads)
+        _check(self.speedup_probe_steps >= 0, "spark.speedup_probe_steps", ">= 0", self.speedup_probe_steps)
         _check(self.connect_timeout_s > 0, "spark.connect_timeout_s", "> 0", self.connect_timeout_s)
         _check(isinstance(self.extra_conf, dict), "spark.extra_conf", "a mapping of Spark conf keys to values",
                self.extra_conf)
@@ -262,6 +266,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "checkpoint_every": 10, "ema_start": 5},
         "data": {"limit": 512, "min_images": 16},
         "eval": {"n_samples": 128, "batch_size": 64},
+        "spark": {"speedup_probe_steps": 2},
     },
     # The README's main job: a few minutes on 2 CPU cores, recognisable digits.
     "demo": {

@@ -27,12 +27,12 @@ from models.config import Config, EvalConfig, resolve_config
 from models.data import ImageSet, load_dataset
 from models.grid import sample, to_uint8
 from models.metrics import EvalResult, evaluate_images
+from models.metrics.evaluate import real_subset
 from models.step import GANState, build_state
 from models.trainer import LocalGradSource, train
 
 MODELS = ("transsrgan", "dcgan")
 ENGINES = ("spark", "local")
-REAL_SUBSET_SEED = 0      # the same fixed real subset as tasks.evaluate.real_images, so cached features are shared
 SAMPLE_SEED = 0           # noise seed of every evaluated / plotted sample
 CURVE_METRICS = ("kid", "prdc")   # unbiased KID needs no sqrtm: cheap enough for several points per model
 # Metrics the issue's target is judged on (base names; public names carry the extractor without standard weights).
@@ -66,13 +66,6 @@ def quality_configs(preset: str = "quality32", overrides: dict[str, Any] | None 
     over = {"train.steps": 10**9, "train.sample_every": 0, "train.checkpoint_every": 0, **(overrides or {})}
     over.pop("model.arch", None)
     return {name: resolve_config(preset, {**over, "model.arch": name}) for name in MODELS}
-
-
-def real_subset(images: np.ndarray, n: int) -> np.ndarray:
-    """uint8 (min(n, N), C, H, W): the fixed random subset tasks.evaluate.real_images uses."""
-    if len(images) > n:
-        images = images[np.sort(np.random.default_rng(REAL_SUBSET_SEED).permutation(len(images))[:n])]
-    return images
 
 
 def generated(G: nn.Module, n: int, config: Config) -> np.ndarray:
@@ -291,7 +284,8 @@ def save_figure(result: dict[str, Any], runs: dict[str, TrainedModel], real: np.
     fig = Figure(figsize=(4.2 * cols, 8.4), dpi=100)
     FigureCanvasAgg(fig)
     top = fig.subplots(2, cols)
-    spread = real[np.linspace(0, len(real) - 1, min(grid_n, len(real))).astype(int)]   # data may be label-sorted
+    shown = np.random.default_rng(0).permutation(len(real))[:grid_n]     # data may be sorted by label: shuffle
+    spread = real[shown]
     panels = [("real", spread)] + [(f"{n} ({result['models'][n]['iterations']} it)",
                                            generated(r.state.G_ema, grid_n, r.config)) for n, r in runs.items()]
     for ax, (title, images) in zip(top[0], panels):

@@ -23,8 +23,8 @@ from models.data import ImageSet, load_dataset
 from models.step import build_state
 from models.trainer import LocalGradSource, train
 from spark_training.cost_model import Measurement, bytes_per_worker, fit, predict_grid
-from spark_training.dfagd import DFAGDJob, validate_dfagd
 from spark_training.session import spark_session
+from spark_training.speedup_probe import time_dfagd
 
 
 def bench_config(preset: str, workers: int, steps: int, overrides: dict[str, Any] | None = None) -> Config:
@@ -67,20 +67,6 @@ def time_torch(cfg: Config, data: ImageSet, warmup: int, steps: int, threads: in
         return time.perf_counter() - t0
     finally:
         torch.set_num_threads(old)
-
-
-def time_dfagd(spark, cfg: Config, data: ImageSet, warmup: int, steps: int) -> tuple[float, dict[str, float], Any]:
-    """(b)/(c): one long-lived DFAGD job; returns (seconds for `steps`, breakdown per iteration, stats)."""
-    validate_dfagd(cfg)
-    state = build_state(cfg)
-    with DFAGDJob(spark, cfg, data) as source:
-        train(state, source, steps=warmup, print_fn=None)
-        source.stats.reset()
-        t0 = time.perf_counter()
-        train(state, source, steps=warmup + steps, print_fn=None)
-        wall = time.perf_counter() - t0
-        stats = source.stats
-    return wall, {k: round(v, 4) for k, v in stats.breakdown(wall).items()}, stats
 
 
 def bench_speedup(preset: str = "demo", workers: tuple[int, ...] = (1, 2), steps: int = 10, warmup: int = 2,

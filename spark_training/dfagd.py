@@ -48,6 +48,7 @@ class DFAGDStats:
     bytes_sent: int = 0
     bytes_received: int = 0
     reconnects: int = 0
+    probe: dict[str, float] | None = None   # spark_training.speedup_probe, when it ran before training
 
     def add(self, t: ReductionTiming, iteration_done: bool) -> None:
         self.reductions += 1
@@ -204,6 +205,16 @@ def train_dfagd(config: Config, *, state: GANState | None = None, on_log: Callba
 
 
 def _train(spark, config, data, state, on_log, on_sample, on_checkpoint, should_stop, print_fn, stats_out):
+    probe = None
+    if config.spark.speedup_probe_steps and config.spark.workers > 1 and state.step < config.train.steps:
+        from spark_training.speedup_probe import speedup_probe  # it builds on DFAGDJob, defined above
+
+        probe = speedup_probe(spark, config, data, config.spark.speedup_probe_steps)
+        if print_fn:
+            print_fn(f"dfagd: speed-up probe ({config.spark.speedup_probe_steps} iterations each): "
+                     f"{probe['dfagd_s_per_iter']:.3f} s/iter with {config.spark.workers} workers, "
+                     f"{probe['dfagd_1_worker_s_per_iter']:.3f} with 1: speed-up {probe['speedup_vs_1_worker']:.2f}, "
+                     f"efficiency {probe['efficiency']:.2f}")
     if print_fn:
         sc = config.spark
         print_fn(f"dfagd: {sc.workers} workers x {sc.threads_per_worker} threads on {spark.sparkContext.master}; "
@@ -217,4 +228,5 @@ def _train(spark, config, data, state, on_log, on_sample, on_checkpoint, should_
               should_stop=should_stop, print_fn=print_fn)
         if stats_out is not None:
             stats_out.__dict__.update(source.stats.__dict__)
+            stats_out.probe = probe
     return state

@@ -11,19 +11,16 @@ from models.config import EvalConfig, ModelConfig
 from models.data import load_dataset
 from models.grid import make_grid, sample, save_png, to_uint8
 from models.metrics import EvalResult, evaluate_images
+from models.metrics.evaluate import real_subset
 from models.metrics.plots import save_real_vs_fake
 
 TAG_EXTRACTOR = "feature_extractor"
-REAL_SUBSET_SEED = 0       # fixed, so the same real images (and so the cached features) are used every time
 GRID_SEED, GRID_N = 0, 64  # fixed noise: successive evaluations show progress on the same z
 
 
 def real_images(real_source: str, n: int, resolution: int, channels: int) -> np.ndarray:
-    """uint8 (min(n, N), C, H, W): a fixed random subset of the real data."""
-    images = load_dataset(real_source, resolution, channels).images
-    if len(images) > n:
-        images = images[np.sort(np.random.default_rng(REAL_SUBSET_SEED).permutation(len(images))[:n])]
-    return images
+    """uint8 (min(n, N), C, H, W): the fixed random subset of the real data (models.metrics.evaluate.real_subset)."""
+    return real_subset(load_dataset(real_source, resolution, channels).images, n)
 
 
 def generated_images(G: nn.Module, n: int, model_cfg: ModelConfig, seed: int) -> np.ndarray:

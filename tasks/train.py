@@ -48,10 +48,10 @@ class TrainOutcome:
 def _own_checkpoint(out: Path, config: Config, fingerprint: str, print_fn) -> GANState | None:
     """A retried flow run finds its own checkpoint in its private folder; resume only with the same config and data."""
     path = out / CHECKPOINT
-    if not path.is_file():
-        return None
-    stored = config_from_dict(read_checkpoint(path)["config"])
     record = read_run_record(out)
+    if not path.is_file() or record.get("flow_run_id") != str(flow_run.id or ""):
+        return None                      # another flow run's folder (names can repeat): never resume it
+    stored = config_from_dict(read_checkpoint(path)["config"])
     if config_differences(stored, config) or record.get("dataset_fingerprint") not in (None, fingerprint):
         print_fn(f"ignoring {path}: it was written with another config or other data")
         return None
@@ -107,7 +107,7 @@ def train_model(config: Config, gate: Any, decision: RetrainDecision, out_dir: s
         tags["resumed_from_step"] = str(start_step)
     with start_training_run(config, run_name=run_name, tags=tags, dataset_fingerprint=gate.fingerprint,
                             dataset_size=gate.n_valid, run_id=previous_run) as run:
-        write_run_record(out, mlflow_run_id=run.info.run_id, data_source=source,
+        write_run_record(out, mlflow_run_id=run.info.run_id, data_source=source, flow_run_id=str(flow_run.id or ""),
                          dataset_fingerprint=gate.fingerprint, config_hash=decision.config_hash)
         for report in (gate.validation_json, gate.quarantine_path, gate.data_docs_dir):
             if report:
@@ -127,8 +127,8 @@ def train_model(config: Config, gate: Any, decision: RetrainDecision, out_dir: s
                     stats = DFAGDStats()
                     state = train_dfagd(config, state=state, on_log=on_log, on_sample=sink.on_sample,
                                         on_checkpoint=sink.on_checkpoint, print_fn=log.info, stats_out=stats)
-                    sink.log_metrics({f"dfagd_{k}_per_iter": v for k, v in stats.breakdown().items()},
-                                     step=state.step)
+                    sink.log_metrics({f"dfagd_{k}_per_iter": v for k, v in stats.breakdown().items()}
+                                     | (stats.probe or {}), step=state.step)
                 else:
                     state = _train_local(config, state, on_log, sink.on_sample, sink.on_checkpoint, log.info)
             except DivergenceError as exc:

@@ -80,3 +80,16 @@ def test_failed_task_is_retried_and_counted_once(spark, digits16, reference):
     assert stats.reconnects >= 1, "the injected failure did not make a worker reconnect"
     assert stats.iterations == STEPS
     _assert_same_weights(state, ref)
+
+
+def test_speedup_probe_times_n_workers_and_one_side_by_side(spark, digits16):
+    from spark_training.speedup_probe import probe_config, speedup_probe
+
+    c = cfg(2, **{"spark.chaos_kill": "", "train.log_every": 5})
+    single = probe_config(c, 3, single=True)
+    assert (single.spark.workers, single.partitions, single.train.log_every) == (1, 1, 0)
+    assert single.train.batch_size == c.train.batch_size and single.model == c.model
+    p = speedup_probe(spark, c, digits16, steps=2)
+    assert p["dfagd_s_per_iter"] > 0 and p["dfagd_1_worker_s_per_iter"] > 0
+    assert p["speedup_vs_1_worker"] == pytest.approx(p["dfagd_1_worker_s_per_iter"] / p["dfagd_s_per_iter"])
+    assert p["efficiency"] == pytest.approx(p["speedup_vs_1_worker"] / 2)

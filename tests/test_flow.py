@@ -63,7 +63,8 @@ def test_flow_trains_registers_promotes_then_skips_unchanged_data(harness, mlflo
     assert run.data.tags["pipeline_status"] == "completed" and run.data.tags["registered_version"] == "1"
     assert run.data.tags["dataset_fingerprint"] == first["dataset_fingerprint"]
     assert run.data.params["train.steps"] == "4" and run.data.params["spark.workers"] == "2"
-    assert {"loss_d", "loss_g", "images_per_s"} <= set(run.data.metrics)
+    assert {"loss_d", "loss_g", "images_per_s", "speedup_vs_1_worker", "efficiency"} <= set(run.data.metrics)
+    assert run.data.metrics["efficiency"] == pytest.approx(run.data.metrics["speedup_vs_1_worker"] / 2)
     top = {a.path for a in client.list_artifacts(first["run_id"])}
     assert {"validation", "samples", "checkpoints"} <= top
     assert str(client.get_model_version_by_alias("transsrgan", "champion").version) == "1"

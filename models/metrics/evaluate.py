@@ -45,6 +45,16 @@ def _key_spec(key: str):
                      f"{sorted(k for s in METRICS.values() for k in s.higher_is_better)}")
 
 
+REAL_SUBSET_SEED = 0   # fixed, so every evaluation of a dataset uses the same real images (and cached features)
+
+
+def real_subset(images: np.ndarray, n: int, seed: int = REAL_SUBSET_SEED) -> np.ndarray:
+    """uint8 (min(n, N), C, H, W): a fixed random subset of the real images, in their original order."""
+    if len(images) > n:
+        images = images[np.sort(np.random.default_rng(seed).permutation(len(images))[:n])]
+    return images
+
+
 def primary_metric_name(config: EvalConfig, standard_weights: bool) -> str:
     """eval.primary_metric under its public name: 'fid' with standard weights, 'fd_inception_random' without."""
     return public_name(config.primary_metric, standard_weights, _key_spec(config.primary_metric).uses_features)
