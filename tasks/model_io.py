@@ -16,8 +16,8 @@ import os
 import re
 import shutil
 import tempfile
-import warnings
 from pathlib import Path
+from typing import Any
 
 import mlflow
 import numpy as np
@@ -55,6 +55,25 @@ def signature(config: Config) -> ModelSignature:
                                                      (-1, mc.channels, mc.resolution, mc.resolution))]))
 
 
+def log_code_model(name: str, python_model: Path, artifacts: dict[str, str], model_signature: ModelSignature,
+                   input_example: Any, *, run_id: str | None = None, who: str = "log_code_model") -> ModelInfo:
+    """Log a pyfunc model from code (no cloudpickle) with this repository's `models/` package as its code, into
+    the active run or `run_id`; `artifacts` are local files that must exist during the call."""
+    with tempfile.TemporaryDirectory() as tmp:
+        code = shutil.copytree(MODELS_CODE, Path(tmp) / "code" / "models",
+                               ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        active = mlflow.active_run()
+        resume = run_id is not None and (active is None or active.info.run_id != run_id)
+        # MLflow warns that predict() has no type hints, on purpose: the logged signature validates the input
+        # (its own `simplefilter("once")` around class creation makes that warning impossible to filter here).
+        with mlflow.start_run(run_id=run_id) if resume else contextlib.nullcontext():
+            if mlflow.active_run() is None:
+                raise RuntimeError(f"{who}: no active MLflow run; pass run_id= or use start_training_run")
+            return mlflow.pyfunc.log_model(name=name, python_model=str(python_model), artifacts=artifacts,
+                                           code_paths=[str(code)], signature=model_signature,
+                                           input_example=input_example, pip_requirements=pip_requirements())
+
+
 def log_generator(state_or_G: GANState | nn.Module, config: Config, name: str = "generator",
                   *, run_id: str | None = None) -> ModelInfo:
     """Log the EMA generator (or a given module) of the active run (or `run_id`) as an MLflow model."""
@@ -65,23 +84,8 @@ def log_generator(state_or_G: GANState | nn.Module, config: Config, name: str = 
         cfg_path, sd_path = Path(tmp) / "config.json", Path(tmp) / "state_dict.pt"
         cfg_path.write_text(config.to_json())
         torch.save(state_dict, sd_path)
-        code = shutil.copytree(MODELS_CODE, Path(tmp) / "code" / "models",
-                               ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        active = mlflow.active_run()
-        resume = run_id is not None and (active is None or active.info.run_id != run_id)
-        with mlflow.start_run(run_id=run_id) if resume else contextlib.nullcontext(), warnings.catch_warnings():
-            if mlflow.active_run() is None:
-                raise RuntimeError("log_generator: no active MLflow run; pass run_id= or use start_training_run")
-            warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
-            return mlflow.pyfunc.log_model(
-                name=name,
-                python_model=str(PYFUNC_SOURCE),
-                artifacts={CONFIG_KEY: str(cfg_path), STATE_DICT_KEY: str(sd_path)},
-                code_paths=[str(code)],
-                signature=signature(config),
-                input_example=example,
-                pip_requirements=pip_requirements(),
-            )
+        return log_code_model(name, PYFUNC_SOURCE, {CONFIG_KEY: str(cfg_path), STATE_DICT_KEY: str(sd_path)},
+                              signature(config), example, run_id=run_id, who="log_generator")
 
 
 def check_model_uri(uri: str) -> None:

@@ -10,11 +10,8 @@ What a logged SinGAN holds (pyfunc flavor, models-from-code, like tasks/model_io
 `is_singan_uri` tells a SinGAN from a TransSRGAN generator so `transsrgan sample` can dispatch.
 """
 
-import contextlib
 import os
-import shutil
 import tempfile
-import warnings
 from pathlib import Path
 
 import mlflow
@@ -28,7 +25,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 
 from models.grid import make_grid, save_png, to_uint8
 from models.singan import SinGANState, load_singan, sample, sample_at_size, save_singan
-from tasks.model_io import _MODELS_URI, MODELS_CODE, ModelNotFoundError, check_model_uri, pip_requirements
+from tasks.model_io import _MODELS_URI, ModelNotFoundError, check_model_uri, log_code_model
 from tasks.singan_pyfunc import CHECKPOINT_KEY, SEED_COLUMN
 
 PYFUNC_SOURCE = Path(__file__).with_name("singan_pyfunc.py")
@@ -53,18 +50,8 @@ def log_singan(state: SinGANState, name: str = ARTIFACT_PATH, *, run_id: str | N
     example = pd.DataFrame({SEED_COLUMN: np.array([0, 1], dtype=np.int64)})
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = save_singan(state, Path(tmp) / "singan.pt")
-        code = shutil.copytree(MODELS_CODE, Path(tmp) / "code" / "models",
-                               ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        active = mlflow.active_run()
-        resume = run_id is not None and (active is None or active.info.run_id != run_id)
-        with mlflow.start_run(run_id=run_id) if resume else contextlib.nullcontext(), warnings.catch_warnings():
-            if mlflow.active_run() is None:
-                raise RuntimeError("log_singan: no active MLflow run; pass run_id=")
-            warnings.filterwarnings("ignore", message=".*type hints to the `predict` method.*")
-            return mlflow.pyfunc.log_model(
-                name=name, python_model=str(PYFUNC_SOURCE), artifacts={CHECKPOINT_KEY: str(ckpt)},
-                code_paths=[str(code)], signature=signature(state.config.channels), input_example=example,
-                pip_requirements=pip_requirements())
+        return log_code_model(name, PYFUNC_SOURCE, {CHECKPOINT_KEY: str(ckpt)}, signature(state.config.channels),
+                              example, run_id=run_id, who="log_singan")
 
 
 def _pyfunc_artifacts(model_dir: Path) -> dict:

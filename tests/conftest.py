@@ -29,3 +29,25 @@ def tiny_config():
     from models.config import resolve_config
 
     return resolve_config("tiny")
+
+
+@pytest.fixture(scope="session")
+def harness():
+    """One real Prefect API (prefect_test_harness: a temporary server on SQLite) for the flow tests."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=180):
+        yield
+
+
+@pytest.fixture
+def mlflow_store(tmp_path, monkeypatch):
+    """A fresh SQLite MLflow store (tracking and registry) for one test; the default store afterwards."""
+    from tasks.tracking import configure_tracking
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    configure_tracking(uri)
+    yield uri
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    configure_tracking()

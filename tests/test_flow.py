@@ -19,26 +19,6 @@ def write_digits(folder: Path, n: int, start: int = 0, resolution: int = 16) -> 
     return folder
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
-@pytest.fixture
-def mlflow_store(tmp_path, monkeypatch):
-    from tasks.tracking import configure_tracking
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    configure_tracking(uri)
-    yield uri
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    configure_tracking()
-
-
 def test_flow_trains_registers_promotes_then_skips_unchanged_data(harness, mlflow_store, tmp_path):
     import torch
     from mlflow import MlflowClient

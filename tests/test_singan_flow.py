@@ -6,26 +6,6 @@ import pytest
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def harness():
-    from prefect.testing.utilities import prefect_test_harness
-
-    with prefect_test_harness(server_startup_timeout=180):
-        yield
-
-
-@pytest.fixture
-def mlflow_store(tmp_path, monkeypatch):
-    from tasks.tracking import configure_tracking
-
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
-    configure_tracking(uri)
-    yield uri
-    monkeypatch.delenv("MLFLOW_TRACKING_URI")
-    configure_tracking()
-
-
 def test_flow_trains_registers_promotes_and_samples_the_champion(harness, mlflow_store, tmp_path):
     from mlflow import MlflowClient
     from PIL import Image

@@ -75,17 +75,9 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    from flows.errors import UsageError
+    from flows.commands.train import parse_set
 
-    over: dict = {}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            over[key] = json.loads(value)
-        except json.JSONDecodeError:
-            over[key] = value
+    over = parse_set(args.set)
     if args.n is not None:
         over["eval.n_samples"] = args.n
     if args.workers is not None:

@@ -12,7 +12,6 @@ flows/commands/train.py calls `run_singan_from_cli(args)` when `--model singan`:
 """
 
 import argparse
-import json
 from typing import Any
 
 FLAGS = {"preset": "--preset", "image": "--data (singan.image)", "iters_per_scale": "--steps (singan.iters_per_scale)",
@@ -23,6 +22,7 @@ def singan_params_from_args(args: argparse.Namespace) -> dict[str, Any]:
     """The train-singan flow's parameters from the train flags, validated the way the flow validates them."""
     from pydantic import ValidationError
 
+    from flows.commands.train import parse_set
     from flows.errors import UsageError
     from flows.params import describe_error
     from flows.singan_params import SinGANParams
@@ -30,15 +30,7 @@ def singan_params_from_args(args: argparse.Namespace) -> dict[str, Any]:
     for flag, attr in (("--workers", "workers"), ("--spark-master", "spark_master")):
         if getattr(args, attr, None):
             raise UsageError(f"{flag}: not used by --model singan (SinGAN trains one image in one process)")
-    overrides: dict[str, Any] = {}
-    for item in getattr(args, "set", None) or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            overrides[key] = json.loads(value)
-        except json.JSONDecodeError:
-            overrides[key] = value
+    overrides = parse_set(getattr(args, "set", None))
     kwargs: dict[str, Any] = {"preset": args.preset, "iters_per_scale": getattr(args, "steps", None),
                               "config_file": getattr(args, "config", None), "overrides": overrides or None,
                               "allow_random_features": not getattr(args, "require_standard_features", False)}
