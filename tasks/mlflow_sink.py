@@ -105,8 +105,11 @@ class MlflowSink:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        # On an error in the body, flush what we can but let the original error through.
-        self.close(raise_on_timeout=exc_type is None)
+        # On an error in the body, flush what we can quickly (the spool keeps the rest) and let that error through.
+        if exc_type is None:
+            self.close()
+        else:
+            self.close(timeout_s=min(30.0, self.flush_timeout_s), raise_on_timeout=False)
 
     def callbacks(self) -> dict[str, Any]:
         return {"on_log": self.on_log, "on_sample": self.on_sample, "on_checkpoint": self.on_checkpoint}

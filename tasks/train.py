@@ -11,8 +11,8 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from models.checkpoint import load_checkpoint, read_checkpoint
-from models.config import Config, config_from_dict
+from models.checkpoint import load_checkpoint
+from models.config import Config
 from models.data import load_dataset
 from models.paths import data_home
 from models.step import GANState
@@ -45,17 +45,24 @@ class TrainOutcome:
     resumed_from: int             # step the run resumed at (0 = fresh)
 
 
+def _load_matching(path: Path, config: Config) -> tuple[GANState, list[str]]:
+    """The checkpoint's full state (one read) and how its config differs from `config` (data.source aside)."""
+    state = load_checkpoint(path)                       # built with the stored config, so the shapes match
+    diff = config_differences(state.config, config)
+    state.config = config                               # same but for data.source: this run's manifest
+    return state, diff
+
+
 def _own_checkpoint(out: Path, config: Config, fingerprint: str, print_fn) -> GANState | None:
     """A retried flow run finds its own checkpoint in its private folder; resume only with the same config and data."""
     path = out / CHECKPOINT
     record = read_run_record(out)
     if not path.is_file() or record.get("flow_run_id") != str(flow_run.id or ""):
         return None                      # another flow run's folder (names can repeat): never resume it
-    stored = config_from_dict(read_checkpoint(path)["config"])
-    if config_differences(stored, config) or record.get("dataset_fingerprint") not in (None, fingerprint):
+    state, diff = _load_matching(path, config)
+    if diff or record.get("dataset_fingerprint") not in (None, fingerprint):
         print_fn(f"ignoring {path}: it was written with another config or other data")
         return None
-    state = load_checkpoint(path, config)
     print_fn(f"resuming from {path} at step {state.step}")
     return state
 
@@ -65,11 +72,10 @@ def _resumed(point: ResumePoint, config: Config, fingerprint: str) -> GANState:
     if point.fingerprint is not None and point.fingerprint != fingerprint:
         raise ResumeError(f"resume: the data changed since {point.checkpoint} was written (dataset fingerprint "
                           f"{point.fingerprint[:12]} -> {fingerprint[:12]}); resuming needs the same data")
-    stored = config_from_dict(read_checkpoint(point.checkpoint)["config"])
-    diff = config_differences(stored, config)
+    state, diff = _load_matching(Path(point.checkpoint), config)
     if diff:
         raise ResumeError(f"resume: {point.checkpoint} was written with another config: {'; '.join(diff)}")
-    return load_checkpoint(point.checkpoint, config)
+    return state
 
 
 @task(name="train", cache_policy=NO_CACHE)
