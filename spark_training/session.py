@@ -145,8 +145,11 @@ def build_session(cfg: SparkConfig, app_name: str = "transsrgan-dfagd"):
 @contextlib.contextmanager
 def spark_session(cfg: SparkConfig, app_name: str = "transsrgan-dfagd") -> Iterator:
     """`with spark_session(config.spark) as spark:` — stopped on exit, even on error."""
+    had_local_ip = "SPARK_LOCAL_IP" in os.environ
     spark = build_session(cfg, app_name)
     try:
         yield spark
     finally:
         spark.stop()
+        if not had_local_ip:            # the loopback default applies to this session, not to the next master
+            os.environ.pop("SPARK_LOCAL_IP", None)
