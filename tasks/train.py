@@ -128,13 +128,15 @@ def train_model(config: Config, gate: Any, decision: RetrainDecision, out_dir: s
                 sink.on_log(s, m)
                 update_progress_artifact(progress_id, 100.0 * s.step / max(total, 1))
 
+            speed: dict[str, float] = {}                # the speed-up probe's numbers, when it ran
             try:
                 if engine == "spark":
                     stats = DFAGDStats()
                     state = train_dfagd(config, state=state, on_log=on_log, on_sample=sink.on_sample,
                                         on_checkpoint=sink.on_checkpoint, print_fn=log.info, stats_out=stats)
-                    sink.log_metrics({f"dfagd_{k}_per_iter": v for k, v in stats.breakdown().items()}
-                                     | (stats.probe or {}), step=state.step)
+                    speed = stats.probe or {}
+                    sink.log_metrics({f"dfagd_{k}_per_iter": v for k, v in stats.breakdown().items()} | speed,
+                                     step=state.step)
                 else:
                     state = _train_local(config, state, on_log, sink.on_sample, sink.on_checkpoint, log.info)
             except DivergenceError as exc:
@@ -150,6 +152,7 @@ def train_model(config: Config, gate: Any, decision: RetrainDecision, out_dir: s
         log_generator(state, config)
         mlflow.log_metric("train_wall_s", wall)
         last = {k: float(v) for k, v in (state.history[-1] if state.history else {}).items() if k != "step"}
+        last.update(speed)
         log.info(f"trained to step {state.step} in {wall:.0f}s; checkpoint {ckpt_path}")
         return TrainOutcome(run.info.run_id, str(ckpt_path), str(out), state.step, wall, last, start_step)
 

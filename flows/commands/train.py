@@ -133,6 +133,17 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _speed_line(t: dict) -> list[str]:
+    """Training speed, and the speed-up over one DFAGD worker when the run measured it."""
+    if "s_per_iter" not in t:
+        return []
+    line = f"speed:     {t['s_per_iter']:.3f} s/iter, {t.get('images_per_s', 0):.0f} images/s"
+    if "speedup_vs_1_worker" in t:
+        line += (f"; DFAGD speed-up vs 1 worker {t['speedup_vs_1_worker']:.2f} "
+                 f"(efficiency {t['efficiency']:.2f}, measured before training)")
+    return [line]
+
+
 def report(s: dict, where: str) -> str:
     """The end of the output: what happened and where to look."""
     from tasks.tracking import configure_tracking
@@ -148,6 +159,7 @@ def report(s: dict, where: str) -> str:
                   f"version:   {s['version']} registered",
                   f"champion:  version {s['champion_version']} "
                   f"({'changed' if s['champion_changed'] else 'unchanged'}: {s['promotion_reason']})",
+                  *_speed_line(s["training"]),
                   f"samples:   {s['grid']}",
                   f"checkpoint: {s['checkpoint']}"]
     lines += [f"data gate: {s['n_valid']} valid, {s['n_quarantined']} quarantined; reports in {s['validation_dir']}",
