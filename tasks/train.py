@@ -141,9 +141,10 @@ def train_model(config: Config, gate: Any, decision: RetrainDecision, out_dir: s
                     state = _train_local(config, state, on_log, sink.on_sample, sink.on_checkpoint, log.info)
             except DivergenceError as exc:
                 last = sink.last_checkpoint or (ckpt_path if ckpt_path.is_file() else None)
-                where = (f"the last good checkpoint is {last} (logged under {CHECKPOINTS_DIR}/); resume it with "
-                         f"`transsrgan train --resume {out}` after changing nothing, or start over with a lower "
-                         f"learning rate" if last else "no checkpoint was written before it")
+                where = (f"the last good checkpoint is {last} (logged under {CHECKPOINTS_DIR}/). Training is "
+                         f"deterministic, so resuming it would diverge again: train anew with lower learning rates "
+                         f"(train.lr_g, train.lr_d) or tighter clipping (train.clip_norm_g, train.clip_norm_d)"
+                         if last else "no checkpoint was written before it")
                 mlflow.set_tag("failure", f"diverged: {str(exc)[:400]}")
                 raise DivergenceError(f"{exc}; {where}") from exc
             if sink.last_checkpoint is None:     # resumed at the last step: nothing was trained or saved

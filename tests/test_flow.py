@@ -75,3 +75,23 @@ def test_bad_parameters_fail_before_any_task(harness, tmp_path):
         train_transsrgan(preset="tiny", steps=-2)
     with pytest.raises(ParameterTypeError, match="data"):
         train_transsrgan(preset="tiny", data=str(tmp_path / "missing"))
+
+
+def test_a_prefect_retry_of_a_failed_flow_run_resumes_its_own_checkpoint(harness, mlflow_store, tmp_path):
+    """Attempt 1 diverges at step 12 after its checkpoint at step 10; Prefect's retry of the same flow run picks
+    that checkpoint up (and the same MLflow run) instead of starting over, then diverges the same way."""
+    from mlflow import MlflowClient
+
+    from flows.train_transsrgan import train_transsrgan
+
+    data = write_digits(tmp_path / "digits", 64)
+    flaky = train_transsrgan.with_options(retries=1, retry_delay_seconds=0)
+    state = flaky(preset="tiny", data=str(data), steps=20, workers=1, spark_master="local[1]", force=True,
+                  overrides={"train.checkpoint_every": 5, "train.chaos_nan_steps": "12-19",
+                             "train.max_bad_steps": 2}, return_state=True)
+    assert state.is_failed() and "training diverged" in str(state.message or state.result(raise_on_failure=False))
+    client = MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("transsrgan").experiment_id])
+    assert len(runs) == 1, [r.info.run_id for r in runs]           # both attempts fed one MLflow run
+    run = runs[0]
+    assert run.data.tags["resumed_from_step"] == "10" and run.info.status == "FAILED"
