@@ -63,11 +63,12 @@ def save_checkpoint(state: GANState, path: str | Path) -> Path:
     return path
 
 
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
+def read_checkpoint(path: str | Path, *, mmap: bool = False) -> dict[str, Any]:
+    """The checkpoint's dict (weights_only). `mmap`: tensors are mapped, not read, for a look at config and step."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
 
 def load_checkpoint(path: str | Path, config: Config | None = None) -> GANState:

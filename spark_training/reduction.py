@@ -71,7 +71,6 @@ class ChaosKill:
     worker: int
     step: int
     fired: bool = False
-    killed_pid: int | None = None
 
     @classmethod
     def parse(cls, spec: str) -> "ChaosKill | None":
@@ -91,7 +90,7 @@ class ChaosKill:
                              f"reported no {self.target} process id")
         time.sleep(0.05)                    # let the worker start computing: the kill lands mid-update
         os.kill(pid, signal.SIGKILL)
-        self.fired, self.killed_pid = True, pid
+        self.fired = True
 
 
 @dataclass

@@ -31,7 +31,7 @@ def _killed_run(ctx: ChaosContext, target: str) -> tuple[dict | None, dict, DFAG
         final, error = None, exc
     (ctx.current / "train.log").write_text("\n".join(lines))
     ref = state_to_dict(train(build_state(cfg), LocalGradSource(data, cfg), print_fn=None))
-    return final, ref, stats, lines, error if final is None else None
+    return final, ref, stats, lines, error
 
 
 def _recovery_s(lines: list[str]) -> float:

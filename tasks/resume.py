@@ -75,7 +75,7 @@ def resume_point(resume: str) -> ResumePoint:
     """Everything needed to continue a run, read from its checkpoint and run.json."""
     ckpt_path = find_checkpoint(resume)
     try:
-        ckpt = read_checkpoint(ckpt_path)
+        ckpt = read_checkpoint(ckpt_path, mmap=True)   # only config and step: the training task loads it
     except Exception as exc:  # noqa: BLE001 - torn or foreign file: say which
         raise ResumeError(f"resume: {ckpt_path} is not a readable checkpoint: {type(exc).__name__}: {exc}") from exc
     record = read_run_record(ckpt_path.parent)
