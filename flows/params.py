@@ -1,131 +1,295 @@
-"""Typed parameters of the train-transsrgan flow, validated with messages that name the parameter."""
+"""The flows' parameters, declared once: the flow signatures, the deployments' schema and the CLI's flags derive from them.
 
+Each field says which config key it sets (`config=`) and, where it differs from the field name, the CLI flag
+(`flag=`). `to_config()` resolves preset -> config_file -> these fields -> overrides into the one typed config
+tree (models.config), whose own checks name the dotted key of any bad value.
+"""
+
+import functools
+import inspect
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, PositiveInt, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    PositiveInt,
+    TypeAdapter,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
-from models.config import Config, ConfigError, resolve_config
+from models.config import DEFAULT_SINGAN_IMAGE, GAN_ARCHS, SKIMAGE_PREFIX, Config, ConfigError, resolve_config
 
 EMBEDDED = ("digits",)
 
 
 def _existing_data(value: str | None) -> str | None:
-    """'digits' or an existing folder of images (the data gate reads folders)."""
+    """'digits', an existing folder of images, or a gate's manifest.parquet."""
     if value is None or value in EMBEDDED:
         return value
     path = Path(value).expanduser()
     if not value or not path.exists():
-        raise ValueError(f"data path does not exist: {value!r} (expected 'digits' or a folder of images)")
-    if not path.is_dir():
-        raise ValueError(f"data path is not a folder: {value!r} (expected 'digits' or a folder of images)")
+        raise ValueError(f"does not exist: {value!r} (expected 'digits', a folder of images or a manifest.parquet)")
+    if not (path.is_dir() or (path.is_file() and path.suffix == ".parquet")):
+        raise ValueError(f"not a folder or a manifest.parquet: {value!r} (expected 'digits', a folder of images "
+                         "or the manifest.parquet that `transsrgan validate` wrote)")
     return value
 
 
-def _resumable(value: str | None) -> str | None:
-    """'latest', a run folder holding checkpoint.pt, or a checkpoint file."""
-    if value is not None:
-        from tasks.resume import ResumeError, find_checkpoint
-
-        try:
-            find_checkpoint(value)
-        except ResumeError as exc:
-            raise ValueError(str(exc).removeprefix("resume: ")) from None
+def _image_source(value: str) -> str:
+    """'skimage:NAME' of a bundled photo, or an existing image file."""
+    if value.startswith(SKIMAGE_PREFIX):
+        return value                      # the name is checked where the bundled photos are known (models.singan)
+    path = Path(value).expanduser()
+    if not value or not path.exists():
+        raise ValueError(f"image file does not exist: {value!r} (expected an image file or 'skimage:NAME')")
+    if not path.is_file():
+        raise ValueError(f"not a file: {value!r} (SinGAN trains on one image; expected an image file)")
     return value
 
 
 def _existing_file(value: str | None) -> str | None:
     if value is not None and not Path(value).expanduser().is_file():
-        raise ValueError(f"config file not found: {value!r} (expected a JSON or TOML file)")
+        raise ValueError(f"file not found: {value!r} (expected a JSON or TOML file)")
     return value
 
 
-# The flow's signature uses these same types, so Prefect validates each parameter (and the deployment's
-# parameter schema shows them) before any task runs.
+def _resumable(value: str | None) -> str | None:
+    """'latest', or an existing run folder or checkpoint file; what it holds is read by the flow's resume task."""
+    if value is not None and value != "latest" and not (value and Path(value).expanduser().exists()):
+        raise ValueError(f"not found: {value!r} (expected 'latest', a run folder or a checkpoint file)")
+    return value
+
+
+def _output_dir(value: str | None) -> str | None:
+    """A folder that exists or can be made: not empty, not a file, not below a file."""
+    if value is None:
+        return value
+    path = Path(value).expanduser()
+    if not value or (path.exists() and not path.is_dir()):
+        raise ValueError(f"not a folder: {value!r} (expected an output folder, created if missing)")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not path.exists() and not parent.is_dir():
+        raise ValueError(f"cannot be created below the file {str(parent)!r}: {value!r}")
+    return value
+
+
+def _field(default: Any, help: str, *, config: str | None = None, flag: str | None = None,
+           metavar: str | None = None, **cli: Any) -> Any:
+    """A parameter: its default, its help, the config key it sets and how the CLI spells it."""
+    extra = {k: v for k, v in dict(config=config, flag=flag, metavar=metavar, **cli).items() if v is not None}
+    return Field(default, description=help, json_schema_extra=extra)
+
+
 Preset = Literal["tiny", "demo", "full"]
-Arch = Literal["transsrgan", "dcgan"]
-Engine = Literal["spark", "local"]
 DataSource = Annotated[str | None, AfterValidator(_existing_data)]
+ImageSource = Annotated[str, AfterValidator(_image_source)]
 ConfigFile = Annotated[str | None, AfterValidator(_existing_file)]
 ResumeFrom = Annotated[str | None, AfterValidator(_resumable)]
-# What shapes the config; a resumed run takes all of it from its checkpoint instead.
-CONFIG_PARAMS = ("data", "steps", "workers", "spark_master", "model", "config_file", "overrides")
+OutputDir = Annotated[str | None, AfterValidator(_output_dir)]
 
 
-class TrainParams(BaseModel):
-    """What a user may set on a train-transsrgan run; `to_config()` resolves the full config tree."""
+class RunParams(BaseModel):
+    """What every training flow takes: where the config starts, what overrides it, where output goes."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
-    preset: Preset = "demo"
-    # None keeps what the preset or config_file says (the presets read the embedded 'digits').
-    data: DataSource = None              # data.source: 'digits' or a folder of images
-    steps: PositiveInt | None = None            # train.steps
-    workers: PositiveInt | None = None          # spark.workers
-    spark_master: str | None = None             # spark.master
-    model: Arch | None = None                   # model.arch
-    config_file: ConfigFile = None              # JSON/TOML overrides, after the preset
-    overrides: dict[str, Any] | None = None     # dotted keys, e.g. {"train.lr_g": 1e-4}; applied last
-    force: bool = False                         # train even if data and config are unchanged
-    # Offline fallback for evaluation: a seeded random InceptionV3 when the standard weights file is missing.
-    # The metrics then carry the extractor in their names (fd_inception_random, ...), so nothing is mistaken
-    # for the standard FID; with the weights file present the standard weights are used regardless.
-    allow_random_features: bool = True
-    engine: Engine = "spark"                    # spark = DFAGD on Spark; local = the reference trainer
-    # Continue an interrupted run: 'latest', its run folder, or its checkpoint. Its config and data are the
-    # checkpoint's, so the parameters that shape the config must stay unset.
-    resume: ResumeFrom = None
+    preset: Preset = _field("demo", "starting point: tiny (tests, seconds), demo (minutes on 2 CPU cores), "
+                                    "full (thesis scale)")
+    config_file: ConfigFile = _field(None, "JSON or TOML file of config sections, applied after the preset",
+                                     flag="config", metavar="FILE")
+    overrides: dict[str, Any] | None = _field(None, "any config key, e.g. --set train.lr_g=1e-4 (values are JSON; "
+                                                    "repeatable); applied last", flag="set", metavar="KEY=VALUE")
+    # Offline fallback for evaluation: seeded random Inception weights when the standard weights file is missing;
+    # the metrics then carry the extractor in their names (fd_inception_random, sifid_inception_random, ...).
+    allow_random_features: bool = _field(True, "fail evaluation instead of falling back to random Inception "
+                                               "weights when the standard weights file is missing",
+                                         config="eval.allow_random_features", flag="require-standard-features",
+                                         negate=True)
+    out_dir: OutputDir = _field(None, "output folder (default $TRANSSRGAN_HOME/runs/<flow run name>)",
+                                 flag="out", metavar="DIR")
+
+    archs: ClassVar[tuple[str, ...]] = ()       # the model.arch values this flow trains
 
     @model_validator(mode="after")
-    def _resolves(self) -> "TrainParams":
-        if self.resume is not None:
-            given = [n for n in CONFIG_PARAMS if getattr(self, n) is not None] + (
-                ["preset"] if self.preset != "demo" else [])
-            if given:
-                raise ValueError(f"resume: a resumed run keeps its checkpoint's config and data; drop "
-                                 f"{', '.join(given)}")
-            return self
-        try:
-            self.to_config()
-        except ConfigError as exc:
-            raise ValueError(str(exc)) from exc
+    def _resolves(self) -> "RunParams":
+        if getattr(self, "resume", None) is None:
+            try:
+                self.check_config(self.to_config())
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from None
         return self
 
+    def check_config(self, config: Config) -> None:
+        """What the tree cannot check alone: the family this flow trains, and the input files, however given."""
+        if config.model.arch not in self.archs:
+            raise ConfigError(f"model.arch: expected {' or '.join(self.archs)} in this flow (the train command's "
+                              f"--model picks the flow), got {config.model.arch!r}")
+
     def overrides_dict(self) -> dict[str, Any]:
-        """The dotted config overrides these parameters stand for (explicit `overrides` win)."""
-        out: dict[str, Any] = {"eval.allow_random_features": self.allow_random_features}
-        if self.data is not None:
-            out["data.source"] = self.data
-        if self.model is not None:
-            out["model.arch"] = self.model
-        if self.steps is not None:
-            out["train.steps"] = self.steps
-        if self.workers is not None:
-            out["spark.workers"] = self.workers
-        if self.spark_master:
-            out["spark.master"] = self.spark_master
-        out.update(self.overrides or {})
-        return out
+        """The dotted config keys these parameters set (explicit `overrides` win)."""
+        out = {_extra(f).get("config"): getattr(self, name) for name, f in type(self).model_fields.items()
+               if _extra(f).get("config") and getattr(self, name) is not None}
+        return out | (self.overrides or {})
 
     def to_config(self) -> Config:
-        """Preset, then config_file, then these parameters (or the resumed checkpoint's); ConfigError names the field."""
-        if self.resume is not None:
-            from tasks.resume import resume_point
-
-            return resume_point(self.resume).config
+        """Preset, then config_file, then these parameters; ConfigError names the dotted key."""
         return resolve_config(self.preset, self.overrides_dict(), self.config_file)
 
 
-def describe_error(exc: ValidationError, names: dict[str, str] | None = None) -> str:
-    """One line for all problems: 'steps: Input should be greater than 0 (got -3)'; `names` relabels fields."""
+class TrainParams(RunParams):
+    """Parameters of the train-transsrgan flow (TransSRGAN, or the DCGAN baseline, with DFAGD on Spark)."""
+
+    archs = GAN_ARCHS
+
+    model: Literal["transsrgan", "dcgan"] | None = _field(None, "model family: transsrgan, dcgan (a baseline) or "
+                                                                "singan (its own flow, train-singan)",
+                                                          config="model.arch")
+    data: DataSource = _field(None, "'digits' (the embedded default), an image folder or a manifest.parquet",
+                              config="data.source", metavar="PATH")
+    steps: PositiveInt | None = _field(None, "generator updates", config="train.steps", metavar="N")
+    workers: PositiveInt | None = _field(None, "DFAGD workers (Spark barrier tasks)", config="spark.workers",
+                                         metavar="N")
+    spark_master: str | None = _field(None, "e.g. local[2], local-cluster[2,1,1024], spark://host:7077",
+                                      config="spark.master", metavar="URL")
+    force: bool = _field(False, "train even if the data and config are unchanged since the last completed run")
+    engine: Literal["spark", "local"] = _field("spark", "spark: DFAGD on Spark; local: the single-process "
+                                                        "reference trainer")
+    # Continue an interrupted run: its config and data are the checkpoint's, so nothing that shapes the config
+    # may be set beside it.
+    resume: ResumeFrom = _field(None, "continue an interrupted run from its last checkpoint, in the same folder and "
+                                      "MLflow run: a run folder, a checkpoint file, or nothing for the latest",
+                                metavar="RUN", const="latest")
+
+    def check_config(self, config: Config) -> None:
+        super().check_config(config)
+        try:
+            _existing_data(config.data.source)
+        except ValueError as exc:
+            raise ConfigError(f"data.source: {exc}") from None
+
+    @model_validator(mode="after")
+    def _resume_alone(self) -> "TrainParams":
+        if self.resume is not None:
+            shaping = ("data", "steps", "workers", "spark_master", "model", "config_file", "overrides")
+            given = [flag_of(TrainParams, n) for n in shaping if getattr(self, n) is not None]
+            given += ["--preset"] if self.preset != "demo" else []
+            if given:
+                raise ValueError(f"resume: a resumed run keeps its checkpoint's config and data; drop "
+                                 f"{', '.join(given)}")
+        return self
+
+
+class SinGANParams(RunParams):
+    """Parameters of the train-singan flow (one image, one pyramid)."""
+
+    archs = ("singan",)
+
+    model: Literal["singan"] = _field("singan", "", config="model.arch")
+    image: ImageSource = _field(DEFAULT_SINGAN_IMAGE, "an image file or skimage:NAME (a photo bundled with "
+                                                      "scikit-image)", config="singan.image", flag="data",
+                                metavar="PATH")
+    iters_per_scale: PositiveInt | None = _field(None, "iterations per pyramid scale", config="singan.iters_per_scale",
+                                                 flag="steps", metavar="N")
+    eval_samples: Annotated[int, Field(ge=2)] = _field(50, "random samples SIFID and diversity are averaged over",
+                                                       metavar="N")
+    promotion_margin: NonNegativeFloat = _field(0.0, "SIFID must drop by more than this to take champion-<image>",
+                                                config="eval.promotion_margin", metavar="X")
+
+    def check_config(self, config: Config) -> None:
+        super().check_config(config)
+        try:
+            _image_source(config.singan.image)
+        except ValueError as exc:
+            raise ConfigError(f"singan.image: {exc}") from None
+
+
+def _extra(field: Any) -> dict[str, Any]:
+    return field.json_schema_extra or {}
+
+
+def flag_of(model: type[BaseModel], name: str) -> str:
+    """The CLI flag of a parameter, e.g. 'steps' -> '--steps'."""
+    return "--" + _extra(model.model_fields[name]).get("flag", name.replace("_", "-"))
+
+
+def describe_error(exc: ValidationError, model: type[BaseModel] | None = None) -> str:
+    """One line for all problems, naming each parameter by its flag (with its config key) when `model` is given."""
     parts = []
     for err in exc.errors():
         msg = err["msg"].removeprefix("Value error, ")
-        if not err["loc"]:                       # whole-config checks name their field themselves
+        if not err["loc"]:                       # whole-model checks name their field themselves
             parts.append(msg)
             continue
         name = str(err["loc"][0])
-        label = (names or {}).get(name, name)
+        label = name
+        if model is not None and name in model.model_fields:
+            key = _extra(model.model_fields[name]).get("config")
+            label = flag_of(model, name) + (f" ({key})" if key else "")
         got = "" if repr(err.get("input")) in msg else f" (got {err.get('input')!r})"
         parts.append(f"{label}: {msg}{got}")
     return "; ".join(parts)
+
+
+def _strictly(field: Any) -> Any:
+    """Metadata for a flow signature's parameter: the value must fit the field without conversion."""
+    adapter = TypeAdapter(Annotated[field.annotation, *field.metadata] if field.metadata else field.annotation)
+
+    def check(value: Any) -> Any:
+        try:
+            adapter.validate_python(value, strict=True)
+        except ValidationError as exc:
+            raise ValueError("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from None
+        return value
+
+    return BeforeValidator(check)
+
+
+def _together(model: type[RunParams]) -> tuple[Any, ...]:
+    """Metadata for the last parameter of a flow signature: validate `model` from all the parameters."""
+    *first, last = model.model_fields
+
+    def check(value: Any, info: ValidationInfo) -> Any:
+        if all(name in info.data for name in first):     # else a parameter failed alone, and says so
+            try:
+                model.model_validate({**{n: info.data[n] for n in first}, last: value})
+            except ValidationError as exc:
+                raise ValueError(f"the parameters together: {describe_error(exc, model)}") from None
+        return value
+
+    return AfterValidator(check), Field(validate_default=True)
+
+
+def takes(model: type[RunParams]) -> Callable[[Callable[[Any], dict[str, Any]]], Callable[..., dict[str, Any]]]:
+    """Give `fn(params)` a keyword signature made of `model`'s fields, so that Prefect's parameter schema (and
+    `prefect deployment run ... --param steps=100`) lists them, and call it with the validated model."""
+
+    def decorate(fn: Callable[[Any], dict[str, Any]]) -> Callable[..., dict[str, Any]]:
+        fields = model.model_fields
+        last = list(fields)[-1]
+        # Prefect validates a flow's parameters in lax mode ("3" -> 3, 1 -> True): each is checked strictly first,
+        # and the last one also checks them together (the config they resolve to), so that Prefect refuses what
+        # `model` would, before the flow starts.
+        params = [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                    annotation=Annotated[f.annotation, *f.metadata, _strictly(f),
+                                                         Field(description=f.description),
+                                                         *(_together(model) if name == last else ())])
+                  for name, f in fields.items()]
+
+        @functools.wraps(fn)
+        def run(**kwargs: Any) -> dict[str, Any]:
+            return fn(model(**kwargs))
+
+        del run.__wrapped__               # inspect.signature must read __signature__, not fn's own
+        run.__signature__ = inspect.Signature(params, return_annotation=dict[str, Any])
+        run.__annotations__ = {p.name: p.annotation for p in params} | {"return": dict[str, Any]}
+        return run
+
+    return decorate

@@ -4,9 +4,8 @@ from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
-from pydantic import PositiveInt
 
-from flows.params import Arch, ConfigFile, DataSource, Engine, Preset, ResumeFrom, TrainParams
+from flows.params import TrainParams, takes
 from tasks.pipeline import (
     check_retrain,
     current_champion,
@@ -18,44 +17,29 @@ from tasks.pipeline import (
     sample_grid,
     validate_data,
 )
-from tasks.train import train_model
+from tasks.train import probe_speedup, train_model
 
 
 @flow(name="train-transsrgan", description="Validate the data, train with DFAGD on Spark, evaluate, register "
       "and promote in MLflow; skips training when data and config are unchanged (unless force).")
-def train_transsrgan(
-    preset: Preset = "demo",
-    data: DataSource = None,
-    steps: PositiveInt | None = None,
-    workers: PositiveInt | None = None,
-    spark_master: str | None = None,
-    model: Arch | None = None,
-    config_file: ConfigFile = None,
-    overrides: dict[str, Any] | None = None,
-    force: bool = False,
-    allow_random_features: bool = True,
-    engine: Engine = "spark",
-    out_dir: str | None = None,
-    resume: ResumeFrom = None,
-) -> dict[str, Any]:
-    """Parameters: see flows/params.py (None keeps the preset's value). Returns the run's summary."""
-    params = TrainParams(preset=preset, data=data, steps=steps, workers=workers, spark_master=spark_master,
-                         model=model, config_file=config_file, overrides=overrides, force=force,
-                         allow_random_features=allow_random_features, engine=engine, resume=resume)
-    point = find_resume_point(resume) if resume else None
+@takes(TrainParams)
+def train_transsrgan(params: TrainParams) -> dict[str, Any]:
+    """Parameters: flows.params.TrainParams (None keeps the preset's value). Returns the run's summary."""
+    point = find_resume_point(params.resume) if params.resume else None
     config = point.config if point else params.to_config()
     name = config.model.arch   # registered model: transsrgan (or the dcgan baseline, kept apart)
 
     gate = validate_data(config.data.source, config.data, config.model.resolution)
-    decision = check_retrain(config, gate.fingerprint, force or point is not None)
+    decision = check_retrain(config, gate.fingerprint, params.force or point is not None)
     if not decision.train:
         return _summary(gate, decision, champion=current_champion(name))
 
-    trained = train_model(config, gate, decision, out_dir, engine, resume=point)
+    speed = probe_speedup(config, gate) if params.engine == "spark" and point is None else {}
+    trained = train_model(config, gate, decision, params.out_dir, params.engine, resume=point, speed=speed)
     evaluation = evaluate_model(trained.run_id, str(gate.manifest_path), config, gate.fingerprint)
     version = register_model(trained.run_id, name, evaluation, gate.fingerprint)
     promotion = promote_model(name, version, evaluation.primary_metric, config.eval.promotion_margin)
-    grid = sample_grid(name, version, trained.run_id, trained.out_dir, config)
+    grid = sample_grid(name, version, trained.run_id, trained.out_dir)
     mark_completed(trained.run_id)
     return _summary(gate, decision, champion=promotion["champion_version"], trained=trained,
                     evaluation=evaluation, version=version, promotion=promotion, grid=grid)

@@ -1,14 +1,13 @@
 """Checkpoints: state dicts, optimizer states, step, history and the resolved config; atomic writes, weights_only loads."""
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from models.config import Config, config_from_dict
+from models.files import atomic_path
 from models.step import GANState, build_state
 
 FORMAT_VERSION = 1
@@ -36,18 +35,12 @@ class CheckpointError(RuntimeError):
 
 
 def save_checkpoint(state: GANState, path: str | Path) -> Path:
-    """Write to a temp file in the same folder, fsync, then rename: a crash or a full disk never leaves a torn
+    """Atomic (models.files.atomic_path: temp file, fsync, rename): a crash or a full disk never leaves a torn
     file, and the previous checkpoint at `path` stays loadable until the new one is complete."""
     path = Path(path)
-    tmp: str | None = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as fh:
+        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
             torch.save(state_to_dict(state), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
     except (OSError, RuntimeError) as exc:   # torch.save reports a failed write as RuntimeError
         why = exc.strerror if isinstance(exc, OSError) and exc.strerror else "the write failed"
         try:
@@ -57,9 +50,6 @@ def save_checkpoint(state: GANState, path: str | Path) -> Path:
         previous = f"the previous checkpoint {path} is untouched" if path.exists() else "no earlier checkpoint exists"
         raise CheckpointError(f"could not write the checkpoint of step {state.step} to {path}: {why}{free}; "
                               f"{previous}") from exc
-    finally:
-        if tmp is not None and Path(tmp).exists():
-            Path(tmp).unlink(missing_ok=True)
     return path
 
 

@@ -1,264 +1,418 @@
-"""One typed config tree (model, train, data, spark, eval) with presets; every layer receives only its part."""
+"""One typed config tree (model, train, data, spark, eval, singan) with presets; every layer receives only its part.
 
-import dataclasses
+Every field is declared once, here, with its type and bounds (pydantic, strict: "3" is not an integer, 2.5 is not
+a step count, NaN and infinity are not learning rates). A bad value anywhere, from a preset, a JSON/TOML file,
+`--set` or a flow parameter, raises ConfigError with one line that names the dotted key and what was expected.
+"""
+
+import functools
 import json
 import math
 import re
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
 
-ARCHS = ("transsrgan", "dcgan")
-LOSSES = ("wgan", "hinge", "ns")
-PENALTIES = ("gp", "r1", "dragan", "none")
-NORMS = ("group", "instance", "none")
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+ARCHS = ("transsrgan", "dcgan", "singan")
+GAN_ARCHS = ("transsrgan", "dcgan")
 RESOLUTIONS = (16, 32, 64, 128)
+SECTIONS = ("model", "train", "data", "spark", "eval", "singan")
+CONFIG_VERSION = 2
+SKIMAGE_PREFIX = "skimage:"
+# Photos bundled inside the scikit-image wheel (no download); texture-like photos suit SinGAN best.
+BUNDLED = ("hubble_deep_field", "astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
+           "brick", "grass", "gravel", "camera", "coins")
+DEFAULT_SINGAN_IMAGE = SKIMAGE_PREFIX + "hubble_deep_field"
+# spark.master forms Spark accepts: local, local[N|*], local[N,F], local-cluster[E,C,M], spark://, yarn, k8s://
+_MASTER = re.compile(r"^(local(\[(\*|\d+)(,\d+)?\])?|local-cluster\[\d+,\d+,\d+\]|spark://\S+|yarn|k8s://\S+)$")
 
 
 class ConfigError(ValueError):
     """A config field has a bad value; the message names the field and what was expected."""
 
 
-def _check(cond: bool, name: str, expected: str, value: Any) -> None:
-    if not cond:
-        raise ConfigError(f"{name}: expected {expected}, got {value!r}")
+def _as_tuple(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
 
 
-@dataclass
-class ModelConfig:
-    arch: Literal["transsrgan", "dcgan"] = "transsrgan"
-    resolution: int = 32          # output side in pixels: 16, 32, 64 or 128
-    channels: int = 1             # 1 = grayscale, 3 = RGB
-    z_dim: int = 128
-    num_classes: int = 0          # 0 = unconditional; >0 adds a label embedding to z
+Pair = Annotated[tuple[float, float], BeforeValidator(_as_tuple)]
+Names = Annotated[tuple[str, ...], BeforeValidator(_as_tuple)]
+Device = Literal["cpu", "cuda", "auto"]
+PositiveInt = Annotated[int, Field(ge=1)]
+Count = Annotated[int, Field(ge=0)]
+
+
+class Section(BaseModel):
+    """A config section: unknown keys, wrong types and out-of-range values are errors; assignments are checked."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True, allow_inf_nan=False)
+    key: ClassVar[tuple[str, ...]] = ()         # the section's name in the tree, for error messages
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise ConfigError(_message(type(self), exc, self.key)) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        try:
+            super().__setattr__(name, value)
+        except ValidationError as exc:
+            raise ConfigError(_message(type(self), exc, self.key)) from None
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _exact(cls, value: Any, info: ValidationInfo) -> Any:
+        """What strict mode still lets through: 16.0 or True matching the choice 16 or 1, and an integer that a
+        float field would round (2**53 + 1)."""
+        kind = _kind(cls, info.field_name)
+        if kind == "choice" and isinstance(value, (bool, float)):
+            raise ValueError(f"one of {', '.join(map(repr, get_args(cls.model_fields[info.field_name].annotation)))}")
+        if kind == "float" and not all(_exact_float(v) for v in (value if isinstance(value, (list, tuple)) else [value])):
+            raise ValueError("a number that a float holds exactly")
+        return value
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+    def validate(self) -> Any:  # type: ignore[override]  (replaces pydantic's deprecated classmethod)
+        """Check the section again (after assignments that span fields); returns self."""
+        _checked(type(self), self.model_dump(), self.key)
+        return self
+
+
+@functools.cache
+def _kind(cls: type[BaseModel], name: str) -> str:
+    """'choice' for a Literal of integers, 'float' for a float field (also optional, or a pair), else ''."""
+    annotation = cls.model_fields[name].annotation
+    if get_origin(annotation) is Literal and all(type(a) is int for a in get_args(annotation)):
+        return "choice"
+    if annotation is float or float in get_args(annotation):
+        return "float"
+    return ""
+
+
+def _exact_float(value: Any) -> bool:
+    try:
+        return type(value) is not int or float(value) == value
+    except OverflowError:
+        return False
+
+
+class ModelConfig(Section):
+    key = ("model",)
+    arch: Literal["transsrgan", "dcgan", "singan"] = "transsrgan"
+    resolution: Literal[16, 32, 64, 128] = 32   # output side in pixels
+    channels: Literal[1, 3] = 1                 # 1 = grayscale, 3 = RGB
+    z_dim: PositiveInt = 128
+    num_classes: Count = 0                      # 0 = unconditional; >0 adds a label embedding to z
     # TransSRGAN generator: z -> (token_grid x token_grid) tokens of width `dim` -> transformer -> CNN upsampler
-    token_grid: int = 8
-    dim: int = 128
-    depth: int = 2
-    heads: int = 4
-    mlp_ratio: float = 2.0
-    g_channels: int = 128         # channels after the first upsampling block; halves per block, floor 32
+    token_grid: PositiveInt = 8
+    dim: PositiveInt = 128
+    depth: Count = 2
+    heads: PositiveInt = 4
+    mlp_ratio: float = Field(2.0, gt=0)
+    g_channels: PositiveInt = 128               # channels after the first upsampling block; halves per block, floor 32
     g_norm: Literal["group", "instance", "none"] = "group"   # per-sample norms keep DFAGD == reference
     # Discriminator (shared by TransSRGAN and DCGAN)
-    d_channels: int = 64
-    d_max_channels: int = 256
+    d_channels: int = Field(64, ge=8)
+    d_max_channels: PositiveInt = 256
     d_residual: bool = False
     # DCGAN baseline generator width
-    dcgan_channels: int = 256
+    dcgan_channels: PositiveInt = 256
 
-    def validate(self) -> None:
-        _check(self.arch in ARCHS, "model.arch", f"one of {ARCHS}", self.arch)
-        _check(self.resolution in RESOLUTIONS, "model.resolution", f"one of {RESOLUTIONS}", self.resolution)
-        _check(self.channels in (1, 3), "model.channels", "1 (grayscale) or 3 (RGB)", self.channels)
-        _check(self.z_dim >= 1, "model.z_dim", ">= 1", self.z_dim)
-        _check(self.num_classes >= 0, "model.num_classes", ">= 0", self.num_classes)
-        _check(self.g_norm in NORMS, "model.g_norm", f"one of {NORMS}", self.g_norm)
+    @model_validator(mode="after")
+    def _shapes(self) -> "ModelConfig":
         if self.arch == "transsrgan":
-            _check(self.token_grid >= 1 and self.token_grid <= self.resolution, "model.token_grid",
-                   f"between 1 and model.resolution ({self.resolution})", self.token_grid)
+            if self.token_grid > self.resolution:
+                raise ValueError(f"model.token_grid: expected between 1 and model.resolution ({self.resolution}), "
+                                 f"got {self.token_grid}")
             ratio = self.resolution / self.token_grid
-            _check(ratio == int(ratio) and (int(ratio) & (int(ratio) - 1)) == 0, "model.token_grid",
-                   f"resolution / token_grid to be a power of two (resolution {self.resolution})", self.token_grid)
-            _check(self.dim >= 1 and self.heads >= 1 and self.dim % self.heads == 0, "model.heads",
-                   f"a divisor of model.dim ({self.dim})", self.heads)
-            _check(self.depth >= 0, "model.depth", ">= 0", self.depth)
-        _check(self.d_channels >= 8, "model.d_channels", ">= 8", self.d_channels)
+            if ratio != int(ratio) or int(ratio) & (int(ratio) - 1):
+                raise ValueError(f"model.token_grid: expected model.resolution / token_grid to be a power of two "
+                                 f"(model.resolution {self.resolution}), got {self.token_grid}")
+            if self.dim % self.heads:
+                raise ValueError(f"model.heads: expected a divisor of model.dim ({self.dim}), got {self.heads}")
+        return self
 
     @property
     def upsample_blocks(self) -> int:
         return int(round(math.log2(self.resolution / self.token_grid)))
 
 
-@dataclass
-class TrainConfig:
-    steps: int = 1500             # generator updates
-    batch_size: int = 64          # the GLOBAL batch; DFAGD splits it over data partitions
-    n_critic: int = 2             # D updates per G update
+class TrainConfig(Section):
+    key = ("train",)
+    steps: Count = 1500                         # generator updates
+    batch_size: PositiveInt = 64                # the GLOBAL batch; DFAGD splits it over data partitions
+    n_critic: PositiveInt = 2                   # D updates per G update
     loss: Literal["wgan", "hinge", "ns"] = "wgan"
     penalty: Literal["gp", "r1", "dragan", "none"] = "gp"
-    gp_weight: float = 10.0       # lambda of the gradient penalty
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    betas: tuple[float, float] = (0.0, 0.9)
-    clip_norm_g: float | None = 10.0   # None disables clipping
-    clip_norm_d: float | None = 10.0
-    ema_decay: float = 0.999      # 0 disables the EMA generator
-    ema_start: int = 100          # EMA copies G verbatim before this step
-    seed: int = 0
-    log_every: int = 25
-    sample_every: int = 250
-    checkpoint_every: int = 500
-    device: Literal["cpu", "cuda", "auto"] = "cpu"
-    threads: int = 0              # torch threads for the reference trainer; 0 = all cores
-    max_bad_steps: int = 10       # consecutive non-finite updates before the run stops
-    # TEST ONLY (transsrgan chaos): steps "S" or "S-E" (0-based, inclusive) whose first D gradient is made NaN,
-    # as a worker with a numerical fault would return it; "" = off.
-    chaos_nan_steps: str = ""
+    gp_weight: float = Field(10.0, ge=0)        # lambda of the gradient penalty
+    lr_g: float = Field(2e-4, gt=0)
+    lr_d: float = Field(2e-4, gt=0)
+    betas: Pair = (0.0, 0.9)
+    clip_norm_g: float | None = Field(10.0, gt=0)   # None disables clipping
+    clip_norm_d: float | None = Field(10.0, gt=0)
+    ema_decay: float = Field(0.999, ge=0, lt=1)  # 0 disables the EMA generator
+    ema_start: Count = 100                      # EMA copies G verbatim before this step
+    seed: Count = 0
+    log_every: Count = 25
+    sample_every: Count = 250
+    checkpoint_every: Count = 500
+    device: Device = "cpu"
+    threads: Count = 0                          # torch threads for the reference trainer; 0 = all cores
+    max_bad_steps: PositiveInt = 10             # consecutive non-finite updates before the run stops
 
-    def validate(self) -> None:
-        _check(self.steps >= 0, "train.steps", ">= 0", self.steps)
-        _check(self.batch_size >= 1, "train.batch_size", ">= 1", self.batch_size)
-        _check(self.n_critic >= 1, "train.n_critic", ">= 1", self.n_critic)
-        _check(self.loss in LOSSES, "train.loss", f"one of {LOSSES}", self.loss)
-        _check(self.penalty in PENALTIES, "train.penalty", f"one of {PENALTIES}", self.penalty)
-        _check(self.gp_weight >= 0, "train.gp_weight", ">= 0", self.gp_weight)
-        _check(self.lr_g > 0 and self.lr_d > 0, "train.lr_g/lr_d", "> 0", (self.lr_g, self.lr_d))
-        _check(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas",
-               "two numbers in [0, 1)", self.betas)
-        for name in ("clip_norm_g", "clip_norm_d"):
-            v = getattr(self, name)
-            _check(v is None or v > 0, f"train.{name}", "a positive number or null", v)
-        _check(0 <= self.ema_decay < 1, "train.ema_decay", "in [0, 1)", self.ema_decay)
-        _check(self.device in ("cpu", "cuda", "auto"), "train.device", "cpu, cuda or auto", self.device)
-        _check(self.max_bad_steps >= 1, "train.max_bad_steps", ">= 1", self.max_bad_steps)
-        _check(not self.chaos_nan_steps or re.fullmatch(r"\d+(-\d+)?", self.chaos_nan_steps) is not None,
-               "train.chaos_nan_steps", "'' or S or S-E (0-based steps)", self.chaos_nan_steps)
-        for name in ("log_every", "sample_every", "checkpoint_every"):
-            _check(getattr(self, name) >= 0, f"train.{name}", ">= 0", getattr(self, name))
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"train.betas: expected two numbers in [0, 1), got {list(v)}")
+        return v
 
 
-@dataclass
-class DataConfig:
-    source: str = "digits"        # "digits" (embedded MNIST 5k), a folder of images, or a manifest.parquet
-    partitions: int = 0           # data partitions P; the global batch is split into P equal slices; 0 = spark.workers
-    limit: int = 0                # use at most this many images (0 = all)
-    min_images: int = 64          # data gate: fewer valid images fails the dataset
-    max_bad_fraction: float = 0.2  # data gate: more quarantined files than this fails the dataset
-    max_aspect: float = 4.0       # data gate: wider or taller than this is quarantined
-    allowed_formats: tuple[str, ...] = ("PNG", "JPEG", "WEBP")
-    allowed_modes: tuple[str, ...] = ("L", "RGB", "RGBA", "P", "LA", "I;16", "I")
-    min_std: float = 2.0          # data gate: intensity std (0-255, after conversion) at or below this = degenerate
-    max_pixels: int = 89_478_485  # data gate: larger images (width*height) are quarantined without decoding
-    gate_workers: int = 0         # data gate: processes building the manifest; 0 = all cores (at most 8)
-
-    def validate(self) -> None:
-        _check(bool(self.source), "data.source", "'digits' or a path", self.source)
-        _check(self.partitions >= 0, "data.partitions", ">= 0", self.partitions)
-        _check(self.limit >= 0, "data.limit", ">= 0", self.limit)
-        _check(0 <= self.max_bad_fraction <= 1, "data.max_bad_fraction", "in [0, 1]", self.max_bad_fraction)
-        _check(self.min_images >= 1, "data.min_images", ">= 1", self.min_images)
-        _check(self.max_aspect >= 1, "data.max_aspect", ">= 1", self.max_aspect)
-        _check(self.min_std >= 0, "data.min_std", ">= 0", self.min_std)
-        _check(self.max_pixels >= 1, "data.max_pixels", ">= 1", self.max_pixels)
-        _check(self.gate_workers >= 0, "data.gate_workers", ">= 0", self.gate_workers)
+class DataConfig(Section):
+    key = ("data",)
+    source: str = Field("digits", min_length=1)  # "digits" (embedded MNIST 5k), a folder of images, or a manifest.parquet
+    partitions: Count = 0                       # data partitions P; the global batch is split into P equal slices; 0 = spark.workers
+    limit: Count = 0                            # use at most this many images (0 = all)
+    min_images: PositiveInt = 64                # data gate: fewer valid images fails the dataset
+    max_bad_fraction: float = Field(0.2, ge=0, le=1)  # data gate: more quarantined files than this fails the dataset
+    max_duplicate_fraction: float = Field(0.5, ge=0, le=1)  # data gate: more extra copies of an image than this fails
+    max_aspect: float = Field(4.0, ge=1)        # data gate: wider or taller than this is quarantined
+    allowed_formats: Names = ("PNG", "JPEG", "WEBP")
+    allowed_modes: Names = ("L", "RGB", "RGBA", "P", "LA", "I;16", "I")
+    min_std: float = Field(2.0, ge=0)           # data gate: intensity std (0-255, after conversion) at or below this = degenerate
+    max_pixels: PositiveInt = 89_478_485        # data gate: larger images (width*height) are quarantined without decoding
+    gate_workers: Count = 0                     # data gate: processes building the manifest; 0 = all cores (at most 8)
 
 
-@dataclass
-class SparkConfig:
-    master: str = "local[*]"      # local[N], local-cluster[E,C,M], spark://host:port, yarn, k8s://...
-    workers: int = 2              # DFAGD workers (one long-lived task each)
-    threads_per_worker: int = 1   # torch threads inside each worker task
+class SparkConfig(Section):
+    key = ("spark",)
+    master: str = "local[*]"                    # local[N], local-cluster[E,C,M], spark://host:port, yarn, k8s://...
+    workers: PositiveInt = 2                    # DFAGD workers (one long-lived task each)
+    threads_per_worker: PositiveInt = 1         # torch threads inside each worker task
     exchange_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
-    sync_every: int = 1           # 1 = exact DFAGD; K > 1 averages every K local steps (off by default)
-    driver_host: str = "127.0.0.1"
-    executor_memory: str = "1g"
-    task_max_failures: int = 4    # attempts of the DFAGD barrier stage (spark.stage.maxConsecutiveAttempts) and of tasks
-    connect_timeout_s: float = 10.0  # spark:// and k8s:// masters must answer a TCP connect within this
-    extra_conf: dict[str, str] = field(default_factory=dict)  # any other Spark conf, e.g. spark.kubernetes.*
-    fail_once_partition: int = -1  # TEST ONLY: this worker task raises on its first attempt (retry tests)
-    driver_threads: int = 1       # torch threads of the driver's optimizer step (it shares cores with local workers)
-    # Before training with workers > 1, time this many iterations with N workers and with 1 (on a slice of the
-    # data) and log speedup_vs_1_worker / efficiency to the run; 0 = off.
-    speedup_probe_steps: int = 5
-    # TEST ONLY (transsrgan chaos): "python:W@S" SIGKILLs worker W's Python process, "executor:W@S" its executor
-    # JVM (local-cluster only), once, while step S's first gradient is being computed; "" = off.
-    chaos_kill: str = ""
+    sync_every: Literal[1] = 1                  # 1 = exact DFAGD (one averaging per update); nothing else is implemented
+    driver_host: str = Field("127.0.0.1", min_length=1)
+    executor_memory: str = "1g"                 # JVM heap per executor: 512m, 1g, 2gb
+    task_max_failures: PositiveInt = 4          # attempts of the DFAGD barrier stage and of tasks
+    connect_timeout_s: float = Field(10.0, gt=0)  # spark:// and k8s:// masters must answer a TCP connect within this
+    extra_conf: dict[str, str | int | float | bool] = Field(default_factory=dict)  # any other Spark conf
+    driver_threads: PositiveInt = 1             # torch threads of the driver's optimizer step
+    # Before training with workers > 1, the flow times this many iterations with N workers and with 1 (on a
+    # slice of the data) and logs speedup_vs_1_worker / efficiency to the run; 0 = off.
+    speedup_probe_steps: Count = 5
 
-    def validate(self) -> None:
-        _check(self.workers >= 1, "spark.workers", ">= 1", self.workers)
-        _check(self.task_max_failures >= 1, "spark.task_max_failures", ">= 1", self.task_max_failures)
-        _check(self.driver_threads >= 1, "spark.driver_threads", ">= 1", self.driver_threads)
-        _check(self.speedup_probe_steps >= 0, "spark.speedup_probe_steps", ">= 0", self.speedup_probe_steps)
-        _check(self.connect_timeout_s > 0, "spark.connect_timeout_s", "> 0", self.connect_timeout_s)
-        _check(isinstance(self.extra_conf, dict), "spark.extra_conf", "a mapping of Spark conf keys to values",
-               self.extra_conf)
-        _check(self.threads_per_worker >= 1, "spark.threads_per_worker", ">= 1", self.threads_per_worker)
-        _check(self.exchange_dtype in ("float32", "bfloat16", "float16"), "spark.exchange_dtype",
-               "float32, bfloat16 or float16", self.exchange_dtype)
-        _check(self.sync_every >= 1, "spark.sync_every", ">= 1", self.sync_every)
-        _check(bool(self.master), "spark.master", "a Spark master URL", self.master)
-        _check(not self.chaos_kill or re.fullmatch(r"(python|executor):\d+@\d+", self.chaos_kill) is not None,
-               "spark.chaos_kill", "'' or python:W@S or executor:W@S (worker W, step S)", self.chaos_kill)
+    @field_validator("executor_memory")
+    @classmethod
+    def _memory(cls, v: str) -> str:
+        if not re.fullmatch(r"\d+([kmgtp]b?|b)?", v, re.IGNORECASE):
+            raise ValueError(f"spark.executor_memory: expected a JVM size such as 512m, 1g or 2gb, got {v!r}")
+        return v
 
+    @field_validator("extra_conf", mode="before")
+    @classmethod
+    def _conf(cls, v: Any) -> Any:
+        bad = {k: x for k, x in v.items() if not (isinstance(k, str) and k and isinstance(x, (str, int, float))
+                                                  and (not isinstance(x, float) or math.isfinite(x)))} \
+            if isinstance(v, dict) else {}
+        if bad:
+            raise ValueError(f"spark.extra_conf: expected Spark keys mapped to strings, numbers or true/false, "
+                             f"got {bad!r}")
+        return v
 
-@dataclass
-class EvalConfig:
-    n_samples: int = 1000         # generated and real images compared
-    inception_weights: str = ""   # path to pt_inception-2015-12-05-6726825d.pth; "" = torch hub cache / env
-    allow_random_features: bool = False  # offline fallback: seeded random InceptionV3, metrics renamed
-    primary_metric: str = "fid"   # promotion compares this (renamed with the extractor when needed)
-    promotion_margin: float = 0.0  # champion moves only if the new value beats it by more than this
-    batch_size: int = 100         # images per Inception forward pass (metrics do not depend on it)
-    metrics: tuple[str, ...] = ("fid", "kid", "prdc", "msssim_diversity")  # names in models.metrics.METRICS
-    device: Literal["cpu", "cuda", "auto"] = "cpu"   # where Inception runs
-    random_features_seed: int = 0  # seed of the random-weight InceptionV3 (tag inception-v3-random-seed<N>)
-    download_weights: bool = True  # try pytorch-fid's download when the file is missing and a network answers
-    cache_real: bool = True       # reuse real-data features/stats from $TRANSSRGAN_HOME/cache/eval
-    kid_subsets: int = 100
-    kid_subset_size: int = 1000   # m = min(this, n_real, n_fake)
-    prdc_k: int = 5               # k of the k-NN balls (precision, recall, density, coverage)
-    diversity_pairs: int = 1000   # random pairs of generated images for msssim_diversity
-
-    def validate(self) -> None:
-        _check(self.n_samples >= 2, "eval.n_samples", ">= 2", self.n_samples)
-        _check(self.batch_size >= 1, "eval.batch_size", ">= 1", self.batch_size)
-        _check(self.device in ("cpu", "cuda", "auto"), "eval.device", "cpu, cuda or auto", self.device)
-        _check(self.kid_subsets >= 1, "eval.kid_subsets", ">= 1", self.kid_subsets)
-        _check(self.kid_subset_size >= 2, "eval.kid_subset_size", ">= 2", self.kid_subset_size)
-        _check(self.prdc_k >= 1, "eval.prdc_k", ">= 1", self.prdc_k)
-        _check(self.n_samples > self.prdc_k or "prdc" not in self.metrics, "eval.n_samples",
-               f"> eval.prdc_k ({self.prdc_k})", self.n_samples)
-        _check(self.diversity_pairs >= 1, "eval.diversity_pairs", ">= 1", self.diversity_pairs)
-        _check(len(self.metrics) > 0, "eval.metrics", "at least one metric name", self.metrics)
+    @field_validator("master")
+    @classmethod
+    def _master(cls, v: str) -> str:
+        if not _MASTER.match(v):
+            raise ValueError(f"spark.master: expected local[N], local-cluster[E,C,M], spark://HOST:PORT, yarn or "
+                             f"k8s://URL, got {v!r}")
+        return v
 
 
-@dataclass
-class Config:
+class EvalConfig(Section):
+    key = ("eval",)
+    n_samples: int = Field(1000, ge=2)          # generated and real images compared
+    inception_weights: str = ""                 # path to pt_inception-2015-12-05-6726825d.pth; "" = torch hub cache / env
+    allow_random_features: bool = False         # offline fallback: seeded random InceptionV3, metrics renamed
+    primary_metric: str = Field("fid", min_length=1)  # promotion compares this (renamed with the extractor when needed)
+    promotion_margin: float = Field(0.0, ge=0)  # champion moves only if the new value beats it by more than this
+    batch_size: PositiveInt = 100               # images per Inception forward pass (metrics do not depend on it)
+    metrics: Names = Field(("fid", "kid", "prdc", "msssim_diversity"), min_length=1)  # names in models.metrics.METRICS
+    device: Device = "cpu"                      # where Inception runs
+    random_features_seed: Count = 0             # seed of the random-weight InceptionV3 (tag inception-v3-random-seed<N>)
+    download_weights: bool = True               # try pytorch-fid's download when the file is missing and a network answers
+    cache_real: bool = True                     # reuse real-data features/stats from $TRANSSRGAN_HOME/cache/eval
+    kid_subsets: PositiveInt = 100
+    kid_subset_size: int = Field(1000, ge=2)    # m = min(this, n_real, n_fake)
+    prdc_k: PositiveInt = 5                     # k of the k-NN balls (precision, recall, density, coverage)
+    diversity_pairs: PositiveInt = 1000         # random pairs of generated images for msssim_diversity
+
+    @model_validator(mode="after")
+    def _prdc(self) -> "EvalConfig":
+        if "prdc" in self.metrics and self.n_samples <= self.prdc_k:
+            raise ValueError(f"eval.n_samples: expected > eval.prdc_k ({self.prdc_k}) while eval.metrics has prdc, "
+                             f"got {self.n_samples}")
+        return self
+
+
+class SinGANConfig(Section):
+    """SinGAN (Shaham et al. 2019): the defaults are the paper's reference settings (the official code's)."""
+
+    key = ("singan",)
+
+    # The training image: a file path, or "skimage:NAME" for one of scikit-image's bundled photos.
+    image: str = Field(DEFAULT_SINGAN_IMAGE, min_length=1)
+    channels: Literal[1, 3] = 3                 # 3 = RGB (grayscale inputs are replicated), 1 = luminance
+    # The pyramid (official adjust_scales2image): the finest side <= max_size, the coarsest short side = min_size.
+    scale_factor: float = Field(0.75, gt=0, lt=1)  # nominal; adjusted so the coarsest side hits min_size
+    min_size: PositiveInt = 25
+    max_size: PositiveInt = 250
+    # Per-scale G and D: num_layers 3x3 convs (conv-BN-LeakyReLU(0.2) blocks, then the output conv).
+    num_layers: int = Field(5, ge=2)            # >= 2: head and output conv
+    kernel_size: PositiveInt = 3
+    channels_base: PositiveInt = 32             # width at the coarsest scales ...
+    channels_double_every: PositiveInt = 4      # ... doubled every this many scales ...
+    channels_max: PositiveInt = 128             # ... capped here
+    # Losses
+    adversarial: Literal["wgan", "lsgan"] = "wgan"
+    penalty: Literal["gp", "zero_gp", "none"] = "gp"
+    penalty_weight: float = Field(0.1, ge=0)    # lambda_grad of the official code
+    alpha: float = Field(10.0, ge=0)            # weight of the reconstruction MSE
+    noise_amp_factor: float = Field(0.1, ge=0)  # noise_amp_n = this x RMSE(real_n, upsampled reconstruction)
+    # Optimisation (Adam per scale, fresh at every scale)
+    iters_per_scale: PositiveInt = 2000
+    d_steps: PositiveInt = 3
+    g_steps: PositiveInt = 3
+    lr_g: float = Field(5e-4, gt=0)
+    lr_d: float = Field(5e-4, gt=0)
+    betas: Pair = (0.5, 0.999)
+    lr_decay_at: float = Field(0.8, gt=0, le=1)  # the learning rate is multiplied by lr_gamma after this fraction
+    lr_gamma: float = Field(0.1, gt=0, le=1)
+    # Run
+    seed: Count = 0
+    log_every: Count = 100                      # iterations between progress lines (0 = only a scale's end)
+    threads: Count = 0                          # torch threads; 0 = leave torch's default
+    device: Device = "cpu"
+
+    @field_validator("image")
+    @classmethod
+    def _bundled(cls, v: str) -> str:
+        if v.startswith(SKIMAGE_PREFIX) and v[len(SKIMAGE_PREFIX):] not in BUNDLED:
+            raise ValueError(f"singan.image: unknown bundled image {v!r}; expected an image file or one of "
+                             f"{', '.join(SKIMAGE_PREFIX + b for b in BUNDLED)}")
+        return v
+
+    @model_validator(mode="after")
+    def _pyramid(self) -> "SinGANConfig":
+        if self.kernel_size % 2 != 1:
+            raise ValueError(f"singan.kernel_size: expected an odd number >= 1, got {self.kernel_size}")
+        shrink = self.receptive_pad * 2
+        if self.min_size <= shrink:
+            raise ValueError(f"singan.min_size: expected > {shrink} (the discriminator's valid convs shrink each "
+                             f"side by 2 x singan.num_layers x singan.kernel_size//2), got {self.min_size}")
+        if self.max_size < self.min_size:
+            raise ValueError(f"singan.max_size: expected >= singan.min_size ({self.min_size}), got {self.max_size}")
+        if self.channels_max < self.channels_base:
+            raise ValueError(f"singan.channels_max: expected >= singan.channels_base ({self.channels_base}), "
+                             f"got {self.channels_max}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"singan.betas: expected two numbers in [0, 1), got {list(self.betas)}")
+        return self
+
+    @property
+    def receptive_pad(self) -> int:
+        """Zero padding the generator adds around its input: its valid convs remove exactly this much per side."""
+        return self.num_layers * (self.kernel_size // 2)
+
+    def channels_at(self, scale: int) -> int:
+        """Width of scale `scale` (0 = coarsest): 32 doubled every 4 scales, capped at 128."""
+        return min(self.channels_base * 2 ** (scale // self.channels_double_every), self.channels_max)
+
+    @property
+    def decay_iter(self) -> int:
+        """The iteration after which the learning rate is multiplied by lr_gamma (1600 of 2000)."""
+        return int(round(self.lr_decay_at * self.iters_per_scale))
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def flat(self) -> dict[str, Any]:
+        """Keys prefixed 'singan.' for MLflow params."""
+        return {f"singan.{k}": v for k, v in self.to_dict().items()}
+
+
+class Config(Section):
+    version: Literal[2] = 2                     # of this tree's layout; checkpoints and logged models carry it
     preset: str = "demo"
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    data: DataConfig = field(default_factory=DataConfig)
-    spark: SparkConfig = field(default_factory=SparkConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    singan: SinGANConfig = Field(default_factory=SinGANConfig)
 
-    def validate(self) -> "Config":
-        self.model.validate()
-        self.train.validate()
-        self.data.validate()
-        self.spark.validate()
-        self.eval.validate()
+    @model_validator(mode="after")
+    def _partitions(self) -> "Config":
+        if self.model.arch == "singan":
+            return self
         parts = self.data.partitions or self.spark.workers
-        _check(parts % self.spark.workers == 0, "data.partitions",
-               f"a multiple of spark.workers ({self.spark.workers})", parts)
-        _check(self.train.batch_size % parts == 0, "train.batch_size",
-               f"divisible by the number of data partitions ({parts})", self.train.batch_size)
+        if parts % self.spark.workers:
+            raise ValueError(f"data.partitions: expected a multiple of spark.workers ({self.spark.workers}), "
+                             f"got {parts}")
+        if self.train.batch_size % parts:
+            source = "data.partitions" if self.data.partitions else "spark.workers, as data.partitions is 0"
+            raise ValueError(f"train.batch_size: expected divisible by the number of data partitions ({parts}: "
+                             f"{source}), got {self.train.batch_size}")
         return self
 
     @property
     def partitions(self) -> int:
         return self.data.partitions or self.spark.workers
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    def sections(self) -> tuple[str, ...]:
+        """The sections that shape a run of this config's model family (what is logged and hashed)."""
+        return ("singan", "eval") if self.model.arch == "singan" else ("model", "train", "data", "spark", "eval")
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=2, sort_keys=False)
+    def to_dict(self, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
+        d = self.model_dump()
+        return d if sections is None else {"version": d["version"], "preset": d["preset"], **{s: d[s] for s in sections}}
 
-    def flat(self) -> dict[str, Any]:
-        """Dotted keys, e.g. {'model.dim': 128}; what MLflow logs as params."""
+    def to_json(self, sections: tuple[str, ...] | None = None) -> str:
+        return json.dumps(self.to_dict(sections), indent=2)
+
+    def flat(self, sections: tuple[str, ...] | None = None) -> dict[str, Any]:
+        """Dotted keys of the family's sections, e.g. {'model.dim': 128}; what MLflow logs as params."""
         out: dict[str, Any] = {}
-        for section, values in self.to_dict().items():
+        for section, values in self.to_dict(sections or self.sections()).items():
             if isinstance(values, dict):
-                for k, v in values.items():
-                    out[f"{section}.{k}"] = v
+                out.update({f"{section}.{k}": v for k, v in values.items()})
             else:
                 out[section] = values
         return out
 
+    def updated(self, overrides: dict[str, Any]) -> "Config":
+        """A validated copy with dotted-key overrides applied, e.g. {'data.source': '/x/manifest.parquet'}."""
+        tree = self.model_dump()
+        _merge(tree, nest(overrides), "")
+        return _checked(Config, tree)
 
-# Presets only list what differs from the dataclass defaults.
+
+# Presets only list what differs from the defaults above; one preset name serves every model family.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    # Seconds, for tests: 16x16, dim 32, depth 1.
+    # Seconds, for tests: 16x16, dim 32, depth 1; SinGAN: a 4-scale pyramid of ~12..28 px (SIFID needs >= 23 px),
+    # 2 iterations per scale.
     "tiny": {
         "model": {"resolution": 16, "token_grid": 4, "dim": 32, "depth": 1, "heads": 2, "z_dim": 32,
                   "g_channels": 32, "d_channels": 16, "d_max_channels": 64, "dcgan_channels": 64},
@@ -267,16 +421,20 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "data": {"limit": 512, "min_images": 16},
         "eval": {"n_samples": 128, "batch_size": 64},
         "spark": {"speedup_probe_steps": 2},
+        "singan": {"min_size": 12, "max_size": 28, "channels_base": 8, "channels_max": 16,
+                   "channels_double_every": 2, "iters_per_scale": 2, "log_every": 1},
     },
-    # The README's main job: a few minutes on 2 CPU cores, recognisable digits.
+    # The README's main job: a few minutes on 2 CPU cores, recognisable digits. SinGAN: max side 128, widths
+    # 32 and 100 iterations per scale (deviations from the paper, for time; docs/singan.md).
     "demo": {
         "model": {"dim": 64, "heads": 4, "depth": 2, "token_grid": 8, "g_channels": 64,
                   "d_channels": 32, "d_max_channels": 128},
         "train": {"steps": 800, "batch_size": 32, "n_critic": 2, "ema_decay": 0.99, "ema_start": 50,
                   "log_every": 25, "sample_every": 200, "checkpoint_every": 200},
         "eval": {"n_samples": 256},
+        "singan": {"max_size": 128, "channels_max": 32, "iters_per_scale": 100, "log_every": 25},
     },
-    # Thesis scale: 64x64 RGB, wider and deeper; hours on CPU, minutes per 1k steps on a GPU.
+    # Thesis scale: 64x64 RGB, wider and deeper; hours on CPU. SinGAN: the paper's settings.
     "full": {
         "model": {"resolution": 64, "channels": 3, "token_grid": 8, "dim": 384, "depth": 6, "heads": 6,
                   "mlp_ratio": 4.0, "g_channels": 256, "d_channels": 64, "d_max_channels": 512,
@@ -307,20 +465,148 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
-def _merge(obj: Any, overrides: dict[str, Any], prefix: str) -> None:
-    known = {f.name: f for f in fields(obj)}
+def _describe(err: dict[str, Any]) -> str:
+    """One pydantic error as 'train.steps: expected an integer, got 2.5'."""
+    loc = list(err["loc"])
+    if len(loc) > 1 and isinstance(loc[-1], int):      # an item of a list field: name the field
+        loc, err = loc[:-1], {**err, "type": "list_item" if err["type"] != "missing" else "too_short"}
+    key = _name(".".join(str(p) for p in loc))
+    msg = err["msg"].removeprefix("Value error, ")
+    if re.match(r"^[a-z_]+(\.[a-z_]+)+: ", msg):       # our own checks name their key already
+        return msg
+    kind, got = err["type"], err.get("input")
+    expected = {
+        "int_type": "an integer", "int_from_float": "an integer", "float_type": "a number",
+        "finite_number": "a finite number", "bool_type": "true or false", "string_type": "a string",
+        "tuple_type": "a list", "dict_type": "a mapping", "model_type": "a mapping", "model_attributes_type":
+        "a mapping",
+    }.get(kind)
+    if kind == "extra_forbidden":
+        return f"{key}: unknown field"
+    bounds = {"greater_than_equal": ">=", "greater_than": ">", "less_than_equal": "<=", "less_than": "<"}
+    if kind in bounds:
+        expected = f"{bounds[kind]} {next(iter(err.get('ctx', {}).values()), '?')}"
+    if kind in ("too_short", "too_long"):
+        expected = ("two numbers" if isinstance(got, tuple) and key.endswith("betas") else
+                    f"{'at least' if kind == 'too_short' else 'at most'} {next(iter(err.get('ctx', {}).values()), '?')} "
+                    "item(s)")
+    elif kind == "string_too_short":
+        expected = "a non-empty string"
+    elif kind == "list_item":
+        expected = f"items that are {msg.removeprefix('Input should be ')}"
+    if expected is None:
+        expected = msg.removeprefix("Input should be ").removeprefix("Value should have ")
+    return f"{key}: expected {expected}, got {got!r}"
+
+
+def _name(key: str) -> str:
+    """A key as a message names it: quoted when it is not a plain dotted name (empty, spaces, a line break)."""
+    return key if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_\-]+)*", key) else repr(key)
+
+
+def _message(cls: type[BaseModel], exc: ValidationError, prefix: tuple[str, ...] = ()) -> str:
+    """All of a ValidationError's problems on one line, each naming its dotted key."""
+    errors = [{**e, "loc": prefix + tuple(e["loc"])} for e in exc.errors()]
+    lines = [_describe(e) for e in errors]
+    unknown = [e for e in errors if e["type"] == "extra_forbidden"]
+    if unknown:                           # say what the section does accept
+        model: Any = cls
+        for part in unknown[0]["loc"][len(prefix):-1]:
+            model = model.model_fields[str(part)].annotation
+        known = sorted(model.model_fields) if isinstance(model, type) and issubclass(model, BaseModel) else []
+        lines[errors.index(unknown[0])] += f"; expected one of {known}"
+    return "; ".join(dict.fromkeys(lines))
+
+
+def _checked(cls: type[BaseModel], tree: dict[str, Any], prefix: tuple[str, ...] = ()) -> Any:
+    try:
+        return cls.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_message(cls, exc, prefix)) from None
+
+
+def _merge(tree: dict[str, Any], overrides: dict[str, Any], prefix: str) -> None:
+    """Merge section mappings into `tree` in place; values inside a section replace (a dict value too)."""
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping of sections, got {overrides!r}")
     for key, value in overrides.items():
-        if key not in known:
-            raise ConfigError(f"{prefix}{key}: unknown field; expected one of {sorted(known)}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
+        if not prefix and key in SECTIONS:
             if not isinstance(value, dict):
-                raise ConfigError(f"{prefix}{key}: expected a mapping, got {value!r}")
-            _merge(current, value, f"{prefix}{key}.")
+                raise ConfigError(f"{key}: expected a mapping of {key}.* fields, got {value!r}")
+            tree.setdefault(key, {})
+            _merge(tree[key], value, f"{key}.")
+        elif not prefix and key not in ("preset", "version"):
+            raise ConfigError(f"{_name(str(key))}: unknown section; expected one of {['preset', *SECTIONS]}")
         else:
-            if isinstance(current, tuple) and isinstance(value, list):
-                value = tuple(value)
-            setattr(obj, key, value)
+            tree[key] = value
+
+
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """{'train.steps': 5} -> {'train': {'steps': 5}}; nested dicts pass through."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"{key!r}: expected a dotted key such as train.steps")
+        section, dot, field = key.partition(".")
+        if not section or (dot and not field):
+            raise ConfigError(f"{_name(key)}: expected a dotted key such as train.steps")
+        if not dot:
+            if isinstance(value, dict) and isinstance(out.get(section), dict):
+                out[section].update(value)
+            else:
+                out[section] = value
+        else:
+            if "." in field:
+                raise ConfigError(f"{_name(key)}: unknown field; expected section.field, e.g. train.steps")
+            node = out.setdefault(section, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{_name(section)}: expected a mapping of {section}.* fields, got {node!r}")
+            node[field] = value
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """A JSON or TOML file of config sections; ConfigError names the file when it is missing or malformed."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"--config: file not found: {path} (expected a JSON or TOML file)")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"--config: cannot read {path}: {exc}") from None
+    try:
+        if path.suffix == ".toml":
+            import tomllib
+
+            values = tomllib.loads(text)
+        else:
+            values = json.loads(text, parse_constant=lambda c: _reject_constant(c, path),
+                                object_pairs_hook=lambda pairs: _unique(pairs, path))
+    except RecursionError:
+        raise ConfigError(f"--config: {path}: nested too deeply") from None
+    except ConfigError:
+        raise
+    except ValueError as exc:
+        kind = "TOML" if path.suffix == ".toml" else "JSON"
+        raise ConfigError(f"--config: {path} is not valid {kind}: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"--config: {path}: expected a mapping of sections (e.g. {{\"train\": {{\"steps\": 100}}}}), "
+                          f"got a {type(values).__name__}")
+    return values
+
+
+def _unique(pairs: list[tuple[str, Any]], path: Path) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice (json would silently keep the last)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ConfigError(f"--config: {path}: key {key!r} is given twice in one object (expected once)")
+        out[key] = value
+    return out
+
+
+def _reject_constant(name: str, path: Path) -> Any:
+    raise ValueError(f"{name} is not a number a config accepts")
 
 
 def resolve_config(preset: str = "demo", overrides: dict[str, Any] | None = None,
@@ -328,46 +614,34 @@ def resolve_config(preset: str = "demo", overrides: dict[str, Any] | None = None
     """Preset, then a JSON/TOML file, then explicit overrides (nested dicts or dotted keys)."""
     if preset not in PRESETS:
         raise ConfigError(f"preset: expected one of {sorted(PRESETS)}, got {preset!r}")
-    cfg = Config(preset=preset)
-    _merge(cfg, PRESETS[preset], "")
+    tree: dict[str, Any] = {"preset": preset}
+    _merge(tree, PRESETS[preset], "")
     if config_file:
-        _merge(cfg, load_config_file(config_file), "")
+        _merge(tree, load_config_file(config_file), "")
     if overrides:
-        _merge(cfg, nest(overrides), "")
-    return cfg.validate()
-
-
-def nest(flat: dict[str, Any]) -> dict[str, Any]:
-    """{'train.steps': 5} -> {'train': {'steps': 5}}; nested dicts pass through."""
-    out: dict[str, Any] = {}
-    for key, value in flat.items():
-        parts = key.split(".")
-        node = out
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        if isinstance(value, dict) and parts[-1] in node:
-            node[parts[-1]].update(value)
-        else:
-            node[parts[-1]] = value
-    return out
-
-
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"--config: file not found: {path}")
-    text = path.read_text()
-    try:
-        if path.suffix == ".toml":
-            import tomllib
-            return tomllib.loads(text)
-        return json.loads(text)
-    except ValueError as exc:
-        raise ConfigError(f"--config: {path} is not valid {path.suffix.lstrip('.') or 'JSON'}: {exc}") from exc
+        _merge(tree, nest(overrides), "")
+    if tree["preset"] != preset:
+        raise ConfigError(f"preset: chosen once, by --preset or the preset parameter ({preset!r}); a config file or "
+                          f"override may only repeat it, got {tree['preset']!r}")
+    return _checked(Config, tree)
 
 
 def config_from_dict(d: dict[str, Any]) -> Config:
-    """Rebuild a Config from to_dict() output (checkpoints, MLflow models)."""
-    cfg = Config(preset=d.get("preset", "demo"))
-    _merge(cfg, {k: v for k, v in d.items() if k != "preset"}, "")
-    return cfg
+    """Rebuild a Config from to_dict() output (checkpoints, MLflow models).
+
+    A dict without `version` was written before the tree was typed (version 1): fields that version had and this
+    one does not are dropped, so its checkpoints and logged models still load; every value is still checked.
+    """
+    tree = {k: (dict(v) if isinstance(v, dict) else v) for k, v in d.items()}
+    if "version" not in tree:
+        for name, section in Config.model_fields.items():
+            if isinstance(tree.get(name), dict) and isinstance(section.annotation, type):
+                known = section.annotation.model_fields
+                tree[name] = {k: v for k, v in tree[name].items() if k in known}
+        tree["version"] = CONFIG_VERSION
+    return _checked(Config, tree)
+
+
+def singan_config_from_dict(d: dict[str, Any]) -> SinGANConfig:
+    """Rebuild the singan section from its to_dict() output (SinGAN checkpoints; version 1 ones also held 'preset')."""
+    return _checked(SinGANConfig, {k: v for k, v in d.items() if k != "preset"}, ("singan",))

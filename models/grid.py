@@ -8,6 +8,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from models.files import atomic_path
+
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
     """(N, C, H, W) in [-1, 1] -> uint8 (N, H, W, C)."""
@@ -28,13 +30,13 @@ def make_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> np.n
 
 
 def save_png(array: np.ndarray, path: str | Path, scale: int = 1) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """uint8 (H, W, C) -> a PNG at `path`, each pixel `scale` x `scale`; written atomically (models.files)."""
     img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    img.save(path)
-    return path
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")          # the temporary name has no .png suffix to infer it from
+    return Path(path)
 
 
 @torch.no_grad()

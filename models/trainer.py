@@ -56,23 +56,6 @@ class LocalGradSource:
         return flat_grad(loss, params_of(state.G)), {k_: float(v) for k_, v in stats.items()}
 
 
-class NaNFault:
-    """TEST ONLY (train.chaos_nan_steps): the first D gradient of the listed steps comes back NaN."""
-
-    def __init__(self, source: GradSource, spec: str):
-        first, _, last = spec.partition("-")
-        self.source, self.first, self.last = source, int(first), int(last or first)
-
-    def d_grad(self, state: GANState, step: int, k: int) -> tuple[torch.Tensor, dict[str, float]]:
-        grad, stats = self.source.d_grad(state, step, k)
-        if k == 0 and self.first <= step <= self.last:
-            grad = torch.full_like(grad, float("nan"))
-        return grad, stats
-
-    def g_grad(self, state: GANState, step: int) -> tuple[torch.Tensor, dict[str, float]]:
-        return self.source.g_grad(state, step)
-
-
 def train_iteration(state: GANState, source: GradSource) -> dict[str, float] | None:
     """n_critic D updates then one G update; returns the step's metrics, or None if the step was cut short.
 
@@ -141,8 +124,6 @@ def train(state: GANState, source: GradSource, *, steps: int | None = None,
     """
     tc = state.config.train
     total = tc.steps if steps is None else steps
-    if tc.chaos_nan_steps:
-        source = NaNFault(source, tc.chaos_nan_steps)
     bad = 0
     t_start = t_window = time.perf_counter()
     window_steps = 0

@@ -27,12 +27,12 @@ import torch
 from models.config import Config, ConfigError
 from models.data import ImageSet, load_dataset, partition_bounds
 from models.step import G_PHASE, GANState, build_state
-from models.trainer import Callback, train
-from spark_training.reduction import ChaosKill, DFAGDError, ReductionServer, ReductionTiming, Weights
+from models.trainer import Callback, GradSource, train
+from spark_training.reduction import BeforeReduce, DFAGDError, ReductionServer, ReductionTiming, Weights
 from spark_training.session import check_settings, spark_session
-from spark_training.worker import WorkerSpec, make_task, owned_partitions
+from spark_training.worker import OnRequest, WorkerSpec, make_task, owned_partitions
 
-__all__ = ["train_dfagd", "SparkGradSource", "DFAGDStats", "DFAGDError", "DFAGDJob", "validate_dfagd"]
+__all__ = ["train_dfagd", "SparkGradSource", "DFAGDStats", "DFAGDError", "DFAGDHooks", "DFAGDJob", "validate_dfagd"]
 
 
 @dataclass
@@ -48,7 +48,6 @@ class DFAGDStats:
     bytes_sent: int = 0
     bytes_received: int = 0
     reconnects: int = 0
-    probe: dict[str, float] | None = None   # spark_training.speedup_probe, when it ran before training
 
     def add(self, t: ReductionTiming, iteration_done: bool) -> None:
         self.reductions += 1
@@ -131,17 +130,32 @@ def shard(data: ImageSet, config: Config) -> list[tuple[int, dict[int, tuple[Any
     return out
 
 
+@dataclass(frozen=True)
+class DFAGDHooks:
+    """Optional extension points of a DFAGD run, set by callers that instrument it from outside; all off by default.
+
+    wrap_source:   wraps the driver's gradient source for the training loop (e.g. to observe or alter gradients).
+    before_reduce: run on the driver once each reduction's requests are out (see ReductionServer).
+    on_request:    run by each worker before it answers a request (see WorkerSpec; shipped to the executors).
+    """
+
+    wrap_source: Callable[[GradSource], GradSource] | None = None
+    before_reduce: BeforeReduce | None = None
+    on_request: OnRequest | None = None
+
+
 class DFAGDJob:
     """The long-lived barrier stage plus its reduction server; `with DFAGDJob(...) as source:` trains."""
 
-    def __init__(self, spark, config: Config, data: ImageSet):
+    def __init__(self, spark, config: Config, data: ImageSet, hooks: DFAGDHooks | None = None):
         self.spark, self.config, self.data = spark, config, data
+        self.hooks = hooks or DFAGDHooks()
         self.error: BaseException | None = None
         self.result: list[dict] | None = None
         self.group = f"dfagd-{uuid.uuid4().hex[:8]}"
         sc = config.spark
         self.server = ReductionServer(sc.driver_host, sc.workers, sc.exchange_dtype, lambda: self.error,
-                                      chaos=ChaosKill.parse(sc.chaos_kill))
+                                      before_reduce=self.hooks.before_reduce)
         self.source = SparkGradSource(self.server)
         self.thread = threading.Thread(target=self._run, name="dfagd-spark-job", daemon=True)
 
@@ -150,7 +164,7 @@ class DFAGDJob:
         try:
             sc.setJobGroup(self.group, "DFAGD workers (barrier stage)", interruptOnCancel=True)
             spec = WorkerSpec(cfg.to_dict(), cfg.spark.driver_host, self.server.port, len(self.data),
-                              cfg.spark.workers, cfg.spark.fail_once_partition)
+                              cfg.spark.workers, self.hooks.on_request)
             rdd = sc.parallelize(shard(self.data, cfg), cfg.spark.workers)
             # repartition(1) puts a shuffle after the barrier stage: a failed barrier ShuffleMapStage is retried
             # as a whole by Spark, a failed barrier ResultStage would abort the job.
@@ -184,15 +198,18 @@ class DFAGDJob:
 def train_dfagd(config: Config, *, state: GANState | None = None, on_log: Callback | None = None,
                 on_sample: Callback | None = None, on_checkpoint: Callback | None = None,
                 should_stop: Callable[[], bool] | None = None, print_fn: Callable[[str], None] | None = print,
-                spark=None, data: ImageSet | None = None, stats_out: DFAGDStats | None = None) -> GANState:
+                spark=None, data: ImageSet | None = None, stats_out: DFAGDStats | None = None,
+                hooks: DFAGDHooks | None = None) -> GANState:
     """Train with DFAGD on config.spark.master; returns the (driver's) GANState.
 
     spark: an existing SparkSession to reuse (not stopped); default: one is built from config.spark and stopped.
     data: an already-loaded dataset (default: load_dataset(config.data.source, ...) on the driver; each worker's
           partitions are shipped once, inside its RDD partition, and stay decoded in the worker's memory).
     stats_out: filled with the run's DFAGDStats (compute / exchange / scheduling breakdown).
+    hooks: optional extension points (DFAGDHooks); none by default.
     """
     validate_dfagd(config)
+    hooks = hooks or DFAGDHooks()
     if data is None:
         data = load_dataset(config.data.source, config.model.resolution, config.model.channels, config.data.limit)
     partition_bounds(len(data), config.partitions)       # fails early, naming data.partitions
@@ -200,33 +217,24 @@ def train_dfagd(config: Config, *, state: GANState | None = None, on_log: Callba
     if spark is None:
         with spark_session(config.spark) as session:
             return _train(session, config, data, state, on_log, on_sample, on_checkpoint, should_stop,
-                          print_fn, stats_out)
-    return _train(spark, config, data, state, on_log, on_sample, on_checkpoint, should_stop, print_fn, stats_out)
+                          print_fn, stats_out, hooks)
+    return _train(spark, config, data, state, on_log, on_sample, on_checkpoint, should_stop, print_fn, stats_out,
+                  hooks)
 
 
-def _train(spark, config, data, state, on_log, on_sample, on_checkpoint, should_stop, print_fn, stats_out):
-    probe = None
-    if config.spark.speedup_probe_steps and config.spark.workers > 1 and state.step < config.train.steps:
-        from spark_training.speedup_probe import speedup_probe  # it builds on DFAGDJob, defined above
-
-        probe = speedup_probe(spark, config, data, config.spark.speedup_probe_steps)
-        if print_fn:
-            print_fn(f"dfagd: speed-up probe ({config.spark.speedup_probe_steps} iterations each): "
-                     f"{probe['dfagd_s_per_iter']:.3f} s/iter with {config.spark.workers} workers, "
-                     f"{probe['dfagd_1_worker_s_per_iter']:.3f} with 1: speed-up {probe['speedup_vs_1_worker']:.2f}, "
-                     f"efficiency {probe['efficiency']:.2f}")
+def _train(spark, config, data, state, on_log, on_sample, on_checkpoint, should_stop, print_fn, stats_out, hooks):
     if print_fn:
         sc = config.spark
         print_fn(f"dfagd: {sc.workers} workers x {sc.threads_per_worker} threads on {spark.sparkContext.master}; "
                  f"{config.partitions} data partitions of {len(data)} images; global batch "
                  f"{config.train.batch_size}; {config.train.n_critic + 1} reductions per iteration")
     t0 = time.perf_counter()
-    with DFAGDJob(spark, config, data) as source:
+    with DFAGDJob(spark, config, data, hooks) as source:
         if print_fn:
             print_fn(f"dfagd: workers ready in {time.perf_counter() - t0:.1f}s")
-        train(state, source, on_log=on_log, on_sample=on_sample, on_checkpoint=on_checkpoint,
+        grads = hooks.wrap_source(source) if hooks.wrap_source else source
+        train(state, grads, on_log=on_log, on_sample=on_sample, on_checkpoint=on_checkpoint,
               should_stop=should_stop, print_fn=print_fn)
         if stats_out is not None:
             stats_out.__dict__.update(source.stats.__dict__)
-            stats_out.probe = probe
     return state

@@ -7,9 +7,7 @@ the server keeps waiting; the worker's new attempt says hello, gets the current 
 pending request, and training resumes from the driver's (step, phase, weights).
 """
 
-import os
 import selectors
-import signal
 import socket
 import time
 from collections.abc import Callable
@@ -63,34 +61,16 @@ class _Conn:
     executor_pid: int | None = None
 
 
-@dataclass
-class ChaosKill:
-    """TEST ONLY (spark.chaos_kill): SIGKILL a worker's Python process or executor once, at a step's first update."""
+@dataclass(frozen=True)
+class WorkerProcess:
+    """A connected worker's process ids, as its hello reported them (None where unknown)."""
 
-    target: str          # "python" or "executor"
-    worker: int
-    step: int
-    fired: bool = False
+    pid: int | None               # the Python process running the task
+    executor_pid: int | None      # the JVM above it (the executor, or the driver's JVM in local[N])
 
-    @classmethod
-    def parse(cls, spec: str) -> "ChaosKill | None":
-        if not spec:
-            return None
-        target, rest = spec.split(":")
-        worker, step = rest.split("@")
-        return cls(target, int(worker), int(step))
 
-    def maybe_fire(self, conns: dict[int, "_Conn"], step: int, phase: int) -> None:
-        conn = conns.get(self.worker)
-        if self.fired or step != self.step or phase != 0 or conn is None:
-            return
-        pid = conn.pid if self.target == "python" else conn.executor_pid
-        if pid is None:
-            raise DFAGDError(f"spark.chaos_kill={self.target}:{self.worker}@{self.step}: worker {self.worker} "
-                             f"reported no {self.target} process id")
-        time.sleep(0.05)                    # let the worker start computing: the kill lands mid-update
-        os.kill(pid, signal.SIGKILL)
-        self.fired = True
+# Called once a reduction's requests are out, before its results are gathered: (workers, step, phase).
+BeforeReduce = Callable[[dict[int, WorkerProcess], int, int], None]
 
 
 @dataclass
@@ -100,7 +80,7 @@ class ReductionServer:
     exchange_dtype: str = "float32"
     job_error: Callable[[], BaseException | None] = lambda: None   # the Spark job's failure, if any
     connect_timeout_s: float = 600.0
-    chaos: ChaosKill | None = None
+    before_reduce: BeforeReduce | None = None   # e.g. instrumentation; runs on the driver
     conns: dict[int, _Conn] = field(default_factory=dict)
     hellos: dict[int, int] = field(default_factory=dict)             # worker -> connections seen (attempts)
 
@@ -184,8 +164,8 @@ class ReductionServer:
             except OSError:
                 self._drop(w)
         t_sent = time.perf_counter()
-        if self.chaos is not None:
-            self.chaos.maybe_fire(self.conns, step, phase)
+        if self.before_reduce is not None:
+            self.before_reduce({w: WorkerProcess(c.pid, c.executor_pid) for w, c in self.conns.items()}, step, phase)
         recv_s = 0.0
         while len(results) < self.workers:
             self._check_job()

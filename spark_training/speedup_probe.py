@@ -1,24 +1,27 @@
-"""Seconds per DFAGD iteration of one config, timed in one barrier job: the unit of the speed-up ratios.
+"""DFAGD's speed-up over 1 worker for one training config: its own step, timed before (not inside) training.
 
-`time_dfagd` runs a throwaway GANState for `warmup` untimed and `steps` timed iterations (the benchmark's (b)
-and (c)). `speedup_probe` times a training config with its N workers and with 1 worker, side by side on the
-same Spark session and a small slice of the data, so that every training run logs `speedup_vs_1_worker` and
-`efficiency` measured on its own model, global batch and cluster (the full comparison with plain PyTorch and
-DDP is `transsrgan bench speedup`).
+`time_dfagd` runs a throwaway GANState for `warmup` untimed and `steps` timed iterations in one barrier job (the
+unit every speed-up ratio is built from; `transsrgan bench speedup` times its runs with it too). `speedup_probe`
+times a config with its N workers and with 1 worker, side by side on one Spark session and a small slice of the
+data, so that a training run can log `speedup_vs_1_worker` and `efficiency` measured on its own model, global
+batch and cluster. `measure_speedup` does the same on a session of its own.
 """
 
-import dataclasses
 import time
 from typing import Any
 
 from models.config import Config
-from models.data import ImageSet
+from models.data import ImageSet, load_dataset
 from models.step import build_state
 from models.trainer import train
-from spark_training.dfagd import DFAGDJob, validate_dfagd
+from spark_training.dfagd import DFAGDJob, DFAGDStats, validate_dfagd
+from spark_training.session import spark_session
+
+__all__ = ["time_dfagd", "probe_config", "speedup_probe", "measure_speedup"]
 
 
-def time_dfagd(spark, cfg: Config, data: ImageSet, warmup: int, steps: int) -> tuple[float, dict[str, float], Any]:
+def time_dfagd(spark: Any, cfg: Config, data: ImageSet, warmup: int,
+               steps: int) -> tuple[float, dict[str, float], DFAGDStats]:
     """One long-lived DFAGD job on a fresh state; returns (seconds for `steps`, breakdown per iteration, stats)."""
     validate_dfagd(cfg)
     state = build_state(cfg)
@@ -33,28 +36,48 @@ def time_dfagd(spark, cfg: Config, data: ImageSet, warmup: int, steps: int) -> t
 
 
 def probe_config(config: Config, steps: int, *, single: bool) -> Config:
-    """`config` for a timing job: no logging, samples, checkpoints or test hooks; `single`: one worker holding
-    one data partition (the same model, global batch and Spark settings otherwise)."""
-    quiet = dataclasses.replace(config.train, steps=steps, log_every=0, sample_every=0, checkpoint_every=0,
-                                chaos_nan_steps="")
-    data = dataclasses.replace(config.data, partitions=1) if single else config.data
-    spark = dataclasses.replace(config.spark, workers=1 if single else config.spark.workers,
-                                fail_once_partition=-1, chaos_kill="")
-    return dataclasses.replace(config, train=quiet, data=data, spark=spark)
+    """`config` for a timing job: no logging, samples or checkpoints; `single`: one worker holding one data
+    partition (the same model, global batch and Spark settings otherwise)."""
+    over: dict[str, Any] = {"train.steps": steps, "train.log_every": 0, "train.sample_every": 0,
+                            "train.checkpoint_every": 0}
+    if single:
+        over.update({"spark.workers": 1, "data.partitions": 1})
+    return config.updated(over)
 
 
-def speedup_probe(spark, config: Config, data: ImageSet, steps: int, warmup: int = 1) -> dict[str, float]:
-    """DFAGD s/iter with config.spark.workers and with 1 worker, and their ratios, on a slice of `data`.
-
-    The slice holds what `warmup + steps` iterations read (speed does not depend on the dataset's size), so the
-    1-worker job does not ship the whole dataset to one executor.
-    """
+def probe_images(config: Config, steps: int, warmup: int = 1) -> int:
+    """Images the probe reads: what `warmup + steps` iterations draw (+1 for slack), at least one per partition.
+    Speed does not depend on the dataset's size, so the 1-worker job need not hold the whole dataset."""
     tc = config.train
-    need = max(tc.batch_size * tc.n_critic * (warmup + steps + 1), config.partitions)
+    return max(tc.batch_size * tc.n_critic * (warmup + steps + 1), config.partitions)
+
+
+def speedup_probe(spark: Any, config: Config, data: ImageSet, steps: int, warmup: int = 1) -> dict[str, float]:
+    """DFAGD s/iter with config.spark.workers and with 1 worker, and their ratios, on a slice of `data`."""
+    if steps < 1:
+        raise ValueError(f"steps: expected >= 1 timed iterations, got {steps}")
+    need = probe_images(config, steps, warmup)
     part = ImageSet(data.images[:need], data.labels[:need] if data.labels is not None else None, data.source)
-    n = config.spark.workers
     wall_n, _, _ = time_dfagd(spark, probe_config(config, warmup + steps, single=False), part, warmup, steps)
     wall_1, _, _ = time_dfagd(spark, probe_config(config, warmup + steps, single=True), part, warmup, steps)
-    speedup = wall_1 / wall_n
+    speedup = wall_1 / wall_n          # same global batch and iterations: the throughput ratio
     return {"dfagd_s_per_iter": wall_n / steps, "dfagd_1_worker_s_per_iter": wall_1 / steps,
-            "speedup_vs_1_worker": speedup, "efficiency": speedup / n}
+            "speedup_vs_1_worker": speedup, "efficiency": speedup / config.spark.workers}
+
+
+def measure_speedup(config: Config, data: ImageSet | None = None) -> dict[str, float]:
+    """speedup_probe for `config.spark.speedup_probe_steps` iterations on a SparkSession built from config.spark
+    and stopped afterwards; {} when there is nothing to compare (1 worker, or the probe set to 0 steps).
+
+    data: an already-loaded dataset (default: the probe's slice of config.data.source, loaded on the driver).
+    """
+    steps = config.spark.speedup_probe_steps
+    if config.spark.workers < 2 or steps < 1:
+        return {}
+    validate_dfagd(config)
+    if data is None:
+        need = probe_images(config, steps)
+        limit = min(config.data.limit, need) if config.data.limit else need
+        data = load_dataset(config.data.source, config.model.resolution, config.model.channels, limit)
+    with spark_session(config.spark, "transsrgan-speedup-probe") as spark:
+        return speedup_probe(spark, config, data, steps)

@@ -7,7 +7,7 @@ the global batch, averages them locally (the thesis' per-machine average) and se
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,11 +20,9 @@ from models.data import ImageSet, PartitionedSampler
 from models.step import G_PHASE, d_loss, draw_noise, flat_grad, g_loss, params_of, set_flat
 from spark_training.exchange import Message, connect, recv_message, send_message
 
-FAIL_ONCE_ENV = "TRANSSRGAN_DFAGD_FAIL_ONCE"   # test hook, same meaning as spark.fail_once_partition
-
-
-class InjectedFailure(RuntimeError):
-    """Raised by the test-only failure hook (spark.fail_once_partition) on a task's first attempt."""
+# Called by a worker before it answers a request: (worker, attempt, request number from 1). It travels pickled
+# inside WorkerSpec, so executors must be able to unpickle it (importable there, or pickled by value).
+OnRequest = Callable[[int, int, int], None]
 
 
 @dataclass
@@ -36,7 +34,7 @@ class WorkerSpec:
     port: int
     n_items: int                    # images in the whole dataset (partition bounds are a function of it)
     workers: int
-    fail_once_partition: int = -1   # test hook: this task raises on its first attempt, second request
+    on_request: OnRequest | None = None
 
 
 def resolve_device(device: str) -> torch.device:
@@ -104,15 +102,12 @@ def serve(spec: WorkerSpec, worker: int, blocks: dict[int, ImageSet], threads: i
     """The task body: connect, then answer work requests until the driver says stop.
 
     The driver's welcome carries this worker's attempt number (how many times it connected before), which
-    PySpark's BarrierTaskContext does not expose; the test-only failure hook fires on attempt 0 only.
+    PySpark's BarrierTaskContext does not expose; spec.on_request gets it with every request.
     """
     torch.set_num_threads(threads)
     cfg = spec.config
     pw = PartitionWorker(cfg, spec.n_items, blocks, cfg["train"]["device"])
     dtype = cfg["spark"]["exchange_dtype"]
-    fail = spec.fail_once_partition
-    if fail < 0 and os.environ.get(FAIL_ONCE_ENV):
-        fail = int(os.environ[FAIL_ONCE_ENV])
     sock = connect(spec.host, spec.port)
     requests = 0
     try:
@@ -128,8 +123,8 @@ def serve(spec: WorkerSpec, worker: int, blocks: dict[int, ImageSet], threads: i
                 break
             m = msg.meta
             requests += 1
-            if worker == fail and attempt == 0 and requests == 2:
-                raise InjectedFailure(f"spark.fail_once_partition={fail}: injected failure on the first attempt")
+            if spec.on_request is not None:
+                spec.on_request(worker, attempt, requests)
             arrays = iter(msg.arrays)
             pw.set_weights(next(arrays) if m["has_g"] else None, next(arrays) if m["has_d"] else None)
             t0, c0 = time.perf_counter(), time.process_time()

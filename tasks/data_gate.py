@@ -1,16 +1,17 @@
-"""The data gate: a Great Expectations 1.x suite over the manifest; quarantine, Parquet manifest, Data Docs, fingerprint.
+"""The data gate: Great Expectations 1.x suites over the manifest; quarantine, Parquet manifest, Data Docs, fingerprint."""
 
-Two suites run on the same manifest DataFrame (one row per entry under the data root):
-  data_gate.files    per-file expectations; their unexpected rows (GX's unexpected_index_list) ARE the quarantine;
-  data_gate.dataset  dataset-level expectations (enough valid images, bad fraction); failing one raises DataGateError
-                     so the caller stops before Spark starts.
-Files are never deleted or modified; every entry ends up in exactly one of manifest.parquet and quarantine.csv.
-"""
+# Two suites run on the same manifest DataFrame (one row per entry under the data root):
+#   data_gate.files    per-file expectations; their unexpected rows (GX's unexpected_index_list) ARE the quarantine;
+#   data_gate.dataset  dataset-level expectations (enough valid images, bad and duplicate fractions); failing one
+#                      raises DataGateError so the caller stops before Spark starts.
+# Input files are never deleted or modified; every entry ends up in exactly one of manifest.parquet and
+# quarantine.csv. Outputs go through models.files.OutputFolder: only the gate's own earlier files are replaced.
 
 import csv
 import json
 import os
-import shutil
+import stat
+import tempfile
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,13 +27,15 @@ import pyarrow.parquet as pq  # noqa: E402
 from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
 
 from models.config import DataConfig  # noqa: E402
-from models.data.manifest import Entry, build_manifest, fingerprint  # noqa: E402
+from models.data.manifest import Entry, build_manifest, duplicates, fingerprint  # noqa: E402
+from models.files import OutputFolder, atomic_path, write_atomic  # noqa: E402
 from models.paths import data_home  # noqa: E402
 
 MANIFEST = "manifest.parquet"
 QUARANTINE = "quarantine.csv"
 VALIDATION = "validation.json"
 DATA_DOCS = "data_docs"
+GATE = "data-gate"   # the command name the output folder's ledger records
 DIGITS_SIDE = 32  # the embedded digits are 28x28 padded to 32x32
 
 # Columns of manifest.parquet (valid files only); `path` is what models.data.load_dataset reads.
@@ -69,6 +72,14 @@ class GateResult:
     failed_expectations: list[str] = field(default_factory=list)  # dataset-level, "name: count"
     quarantined_by_reason: dict[str, int] = field(default_factory=dict)
     checks: list[dict[str, Any]] = field(default_factory=list)  # every expectation: suite, check, success, count
+    n_duplicates: int = 0        # extra copies of a trained image (quarantined as `duplicate`, not counted as bad)
+    excluded: str = ""           # the output folder, when it lies inside the data root (not scanned)
+    left_alone: list[str] = field(default_factory=list)  # the user's files beside the outputs, never touched
+
+    @property
+    def n_bad(self) -> int:
+        """Quarantined for a reason other than being a duplicate (what data.max_bad_fraction limits)."""
+        return self.n_quarantined - self.n_duplicates
 
 
 # Per-file checks in priority order: the first failing one gives the quarantine code.
@@ -139,16 +150,20 @@ def _validate(ctx, name: str, expectations: list[tuple[str, Any]], df: pd.DataFr
     return vd.run(batch_parameters={"dataframe": df}, result_format=fmt)
 
 
-def _quarantine(df: pd.DataFrame, result, data: DataConfig, resolution: int) -> dict[str, str]:
-    """relpath -> reason for every row GX flagged; duplicates keep the first (by relpath) otherwise-valid copy."""
+def _quarantine(df: pd.DataFrame, result, data: DataConfig, resolution: int) -> tuple[dict[str, str], set[str]]:
+    """(relpath -> reason for every row GX flagged, the relpaths GX's unique expectation flagged).
+
+    Of identical files (GX flags every copy) the first otherwise-valid one by relpath trains; the other copies
+    are quarantined as `duplicate`, which counts against data.max_duplicate_fraction, not data.max_bad_fraction.
+    """
     failed: dict[str, list[str]] = {}
-    dup_rows: list[str] = []
+    dup_rows: set[str] = set()
     for r in result.results:
         check = r.expectation_config.meta["check"]
         for item in r.result.get("unexpected_index_list") or []:
             rel = item["relpath"]
             if check == "unique":
-                dup_rows.append(rel)
+                dup_rows.add(rel)
             else:
                 failed.setdefault(rel, []).append(check)
     order = [c for c, _ in FILE_CHECKS]
@@ -162,35 +177,48 @@ def _quarantine(df: pd.DataFrame, result, data: DataConfig, resolution: int) -> 
         if len(checks) > 1:
             reason += f" [also failed: {', '.join(checks[1:])}]"
         reasons[rel] = reason
-    kept: dict[str, str] = {}
-    for rel in sorted(set(dup_rows)):
-        if rel in reasons:
-            continue
-        sha = rows.loc[rel, "sha256"]
-        if sha in kept:
-            reasons[rel] = f"duplicate: same sha256 as {kept[sha]} (kept)"
-        else:
-            kept[sha] = rel
-    return reasons
+    candidates = [(rel, rows.loc[rel, "sha256"]) for rel in dup_rows if rel not in reasons]
+    for rel, kept in duplicates(candidates).items():
+        reasons[rel] = f"duplicate: same sha256 as {kept} (kept; one copy of each image trains)"
+    return reasons, dup_rows
+
+
+def _unique_note(flagged: set[str], reasons: dict[str, str], df: pd.DataFrame) -> str:
+    """How GX's count for the unique expectation (every copy) relates to the duplicates quarantined."""
+    if not flagged:
+        return "passed"
+    groups = df.loc[df["relpath"].isin(flagged), "sha256"].nunique()
+    dups = sum(reasons.get(rel, "").startswith("duplicate:") for rel in flagged)
+    other = sum(rel in reasons and not reasons[rel].startswith("duplicate:") for rel in flagged)
+    note = (f"{len(flagged)} file(s) share their bytes with another ({groups} group(s)): "
+            f"{len(flagged) - dups - other} kept, one per group; {dups} duplicate(s) quarantined")
+    return note + (f"; {other} quarantined for another reason" if other else "")
 
 
 def _dataset_checks(data: DataConfig) -> list[tuple[str, Any]]:
     return [
         ("files", gxe.ExpectTableRowCountToBeBetween(min_value=1)),
         ("min_images", gxe.ExpectColumnSumToBeBetween(column="valid", min_value=data.min_images)),
-        ("max_bad_fraction", gxe.ExpectColumnMeanToBeBetween(column="quarantined", min_value=0.0,
+        ("max_bad_fraction", gxe.ExpectColumnMeanToBeBetween(column="bad", min_value=0.0,
                                                             max_value=data.max_bad_fraction)),
+        ("max_duplicate_fraction", gxe.ExpectColumnMeanToBeBetween(column="duplicate", min_value=0.0,
+                                                                  max_value=data.max_duplicate_fraction)),
     ]
 
 
-def _dataset_failure(check: str, n_files: int, n_valid: int, data: DataConfig) -> str:
-    bad = n_files - n_valid
+def _dataset_failure(check: str, n_files: int, n_valid: int, n_dup: int, data: DataConfig) -> str:
+    bad = n_files - n_valid - n_dup
     if check == "files":
         return f"files >= 1 (the folder has no files): {n_files}"
     if check == "min_images":
         return f"valid images >= data.min_images ({data.min_images}): {n_valid}"
+    if check == "max_duplicate_fraction":
+        frac = n_dup / n_files if n_files else float("nan")
+        return (f"duplicate fraction <= data.max_duplicate_fraction ({data.max_duplicate_fraction}): {frac:.3f} "
+                f"({n_dup} extra copies among {n_files} files)")
     frac = bad / n_files if n_files else float("nan")
-    return f"quarantined fraction <= data.max_bad_fraction ({data.max_bad_fraction}): {frac:.3f} ({bad} of {n_files})"
+    return (f"quarantined fraction (duplicates aside) <= data.max_bad_fraction ({data.max_bad_fraction}): "
+            f"{frac:.3f} ({bad} of {n_files})")
 
 
 def _plain(value: Any) -> Any:
@@ -203,18 +231,15 @@ def _write_manifest(valid: pd.DataFrame, path: Path, meta: dict[str, str]) -> No
                                  preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}),
                                            **{f"transsrgan.{k}".encode(): v.encode() for k, v in meta.items()}})
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
 
 
 def _write_quarantine(rows: list[tuple[str, str]], path: Path) -> None:
-    tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as fh:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "reason"])
         writer.writerows(rows)
-    os.replace(tmp, path)
 
 
 def materialise_digits(resolution: int) -> Path:
@@ -226,61 +251,136 @@ def materialise_digits(resolution: int) -> Path:
     marker = folder.with_name(folder.name + ".complete")  # outside the folder, so it is not validated
     if not marker.exists():
         n, _ = export_digits(folder, side)
-        marker.write_text(f"{n}\n")
+        write_atomic(marker, f"{n}\n")
     return folder
 
 
-def run_data_gate(source: str, out_dir: Path, data: DataConfig, resolution: int) -> GateResult:
-    """Validate `source` ('digits' or an image folder); write manifest, quarantine, validation JSON, Data Docs.
+def check_out_dir(root: Path, out_dir: Path) -> None:
+    """ValueError unless the output folder keeps clear of the data: not the data folder, not a folder above it.
 
-    Raises DataGateError when a dataset-level expectation fails (after writing every output), and
-    FileNotFoundError / NotADirectoryError when `source` is not a folder.
+    A folder inside the data root is fine (the scan skips it); a manifest source must not be replaced by its check.
+    """
+    root, out = Path(root).resolve(), Path(out_dir).expanduser().resolve()
+    if root.is_file():
+        if out / MANIFEST == root:
+            raise ValueError(f"{out_dir} holds the manifest being checked ({root}), which the gate's own "
+                             f"{MANIFEST} would replace; choose another folder")
+        return
+    if out == root:
+        raise ValueError(f"{out_dir} is the data folder itself; the outputs would sit among the images (choose "
+                         "another folder, or one inside it, which the scan skips)")
+    if out in root.parents:
+        raise ValueError(f"{out_dir} holds the data folder {root}; choose a folder beside it or inside it")
+
+
+def _manifest_entries(path: Path) -> list[Entry]:
+    """The rows of a gate's manifest.parquet as entries, re-checked cheaply: each file still there, same size.
+
+    The measurements (format, size, mode, statistics, sha256) are reused, so the per-file suite runs again under
+    the current settings without decoding anything; a missing or resized file is quarantined.
+    """
+    meta = pq.read_schema(path).metadata or {}
+    if b"transsrgan.fingerprint" not in meta:
+        raise ValueError(f"data.source: {path} is not a {MANIFEST} written by `transsrgan validate`")
+    entries = []
+    for row in pq.read_table(path).to_pylist():
+        e = Entry(row["path"], row["relpath"], decodes=True, **{k: row[k] for k in (
+            "sha256", "bytes", "format", "width", "height", "mode", "channels", "mean", "std")})
+        try:
+            st = os.lstat(e.path)
+        except FileNotFoundError:
+            e.scan_error = "missing: listed in the manifest but no longer on disk; validate the folder again"
+        else:
+            if not stat.S_ISREG(st.st_mode):
+                e.scan_error = "changed: no longer a regular file; validate the folder again"
+            elif st.st_size != e.bytes:
+                e.scan_error = (f"changed: {st.st_size} bytes now, {e.bytes} in the manifest; validate the "
+                                "folder again")
+        if e.scan_error:
+            e.decodes = None
+        entries.append(e)
+    return sorted(entries, key=lambda e: e.relpath)
+
+
+def _place_docs(folder: OutputFolder, rendered: Path) -> None:
+    """Copy the Data Docs tree GX rendered privately into DIR/data_docs/, all or nothing, under the folder's rule."""
+    files = sorted(p for p in rendered.rglob("*") if p.is_file())
+    rels = [f"{DATA_DOCS}/{p.relative_to(rendered).as_posix()}" for p in files]
+    folder.check(*rels)
+    for rel, src in zip(rels, files):
+        folder.copy(rel, src, fsync=False)      # a page is re-rendered by the next run; no need to wait for disk
+
+
+def run_data_gate(source: str, out_dir: Path, data: DataConfig, resolution: int) -> GateResult:
+    """Validate `source` ('digits', an image folder or a gate's manifest.parquet); write the gate's outputs.
+
+    Writes manifest, quarantine, validation JSON and Data Docs into `out_dir`, replacing only the gate's own
+    earlier files there (models.files.OutputFolder). Raises DataGateError when a dataset-level expectation fails
+    (after writing every output); FileNotFoundError / NotADirectoryError when `source` is missing or a plain file;
+    ValueError when `out_dir` is, or holds, the data; ForeignFileError when an output path holds a file the project
+    did not write; OSError when `out_dir` cannot be created.
     """
     root = materialise_digits(resolution) if source == "digits" else Path(source).expanduser().resolve()
+    if not root.exists():
+        raise FileNotFoundError(f"data.source: path does not exist: {root}")
+    from_manifest = root.is_file() and root.suffix == ".parquet"
+    check_out_dir(root, out_dir)
     out_dir = Path(out_dir).expanduser().resolve()
-    out_dir.mkdir(parents=True, exist_ok=True)
-    entries = build_manifest(root, workers=data.gate_workers, max_pixels=data.max_pixels, exclude=out_dir)
-    df = _frame(entries)
-    docs_dir = out_dir / DATA_DOCS
-    shutil.rmtree(docs_dir, ignore_errors=True)
-    ctx = _context(docs_dir)
+    with OutputFolder(out_dir, GATE) as folder:
+        folder.check(MANIFEST, QUARANTINE, VALIDATION)           # refuse before the (long) scan, not after it
+        inside = not from_manifest and root in out_dir.parents
+        entries = _manifest_entries(root) if from_manifest else build_manifest(
+            root, workers=data.gate_workers, max_pixels=data.max_pixels, exclude=out_dir if inside else None)
+        df = _frame(entries)
+        with tempfile.TemporaryDirectory(prefix="transsrgan-docs-") as rendered:
+            ctx = _context(Path(rendered))
+            files_result = _validate(ctx, "files", [(c, build(data, resolution)) for c, build in FILE_CHECKS], df)
+            reasons, flagged = _quarantine(df, files_result, data, resolution)
+            df["quarantined"] = df["relpath"].isin(reasons).astype("int64")
+            df["duplicate"] = df["relpath"].map(lambda rel: reasons.get(rel, "").startswith("duplicate:"))
+            df["duplicate"] = df["duplicate"].astype("int64")
+            df["bad"] = df["quarantined"] - df["duplicate"]
+            df["valid"] = 1 - df["quarantined"]
+            dataset_result = _validate(ctx, "dataset", _dataset_checks(data),
+                                       df[["relpath", "valid", "bad", "duplicate"]])
+            ctx.build_data_docs(site_names=["gate"])
+            _place_docs(folder, Path(rendered))
 
-    files_result = _validate(ctx, "files", [(c, build(data, resolution)) for c, build in FILE_CHECKS], df)
-    reasons = _quarantine(df, files_result, data, resolution)
-    df["quarantined"] = df["relpath"].isin(reasons).astype("int64")
-    df["valid"] = 1 - df["quarantined"]
-    dataset_result = _validate(ctx, "dataset", _dataset_checks(data), df[["relpath", "valid", "quarantined"]])
-    ctx.build_data_docs(site_names=["gate"])
+        valid = df[df["valid"] == 1]
+        n_files, n_valid, n_dup = len(df), len(valid), int(df["duplicate"].sum())
+        settings = {"resolution": resolution, "min_std": data.min_std, "max_aspect": data.max_aspect,
+                    "max_pixels": data.max_pixels, "allowed_formats": list(data.allowed_formats),
+                    "allowed_modes": list(data.allowed_modes)}
+        fp = fingerprint(valid["sha256"].tolist(), settings)
+        failed = [_dataset_failure(r.expectation_config.meta["check"], n_files, n_valid, n_dup, data)
+                  for r in dataset_result.results if not r.success]
+        checks = [{"suite": suite, "check": r.expectation_config.meta["check"],
+                   "expectation": r.expectation_config.type, "success": bool(r.success),
+                   "unexpected_count": int(r.result.get("unexpected_count") or 0),
+                   "observed_value": _plain(r.result.get("observed_value"))}
+                  for suite, res in (("files", files_result), ("dataset", dataset_result)) for r in res.results]
+        for c in checks:
+            if c["check"] == "unique":
+                c["note"] = _unique_note(flagged, reasons, df)
+        by_reason = Counter(reason.split(":", 1)[0] for reason in reasons.values())
 
-    valid = df[df["valid"] == 1]
-    n_files, n_valid = len(df), len(valid)
-    settings = {"resolution": resolution, "min_std": data.min_std, "max_aspect": data.max_aspect,
-                "max_pixels": data.max_pixels, "allowed_formats": list(data.allowed_formats),
-                "allowed_modes": list(data.allowed_modes)}
-    fp = fingerprint(valid["sha256"].tolist(), settings)
-    failed = [_dataset_failure(r.expectation_config.meta["check"], n_files, n_valid, data)
-              for r in dataset_result.results if not r.success]
-    checks = [{"suite": suite, "check": r.expectation_config.meta["check"], "expectation": r.expectation_config.type,
-               "success": bool(r.success), "unexpected_count": int(r.result.get("unexpected_count") or 0),
-               "observed_value": _plain(r.result.get("observed_value"))}
-              for suite, res in (("files", files_result), ("dataset", dataset_result)) for r in res.results]
-    by_reason = Counter(reason.split(":", 1)[0] for reason in reasons.values())
-
-    manifest_path, quarantine_path = out_dir / MANIFEST, out_dir / QUARANTINE
-    _write_manifest(valid, manifest_path, {"fingerprint": fp, "source": str(root), "settings": json.dumps(settings)})
-    paths = df.set_index("relpath")["path"]
-    _write_quarantine([(paths[rel], reason) for rel, reason in sorted(reasons.items())], quarantine_path)
-    result = GateResult(
-        source=str(root), manifest_path=str(manifest_path), quarantine_path=str(quarantine_path),
-        validation_json=str(out_dir / VALIDATION), data_docs_dir=str(docs_dir), fingerprint=fp,
-        n_files=n_files, n_valid=n_valid, n_quarantined=len(reasons), passed=not failed,
-        failed_expectations=failed, quarantined_by_reason=dict(sorted(by_reason.items())), checks=checks)
-    report = {"success": result.passed, "summary": asdict(result), "settings": settings,
-              "suites": {"files": files_result.to_json_dict(), "dataset": dataset_result.to_json_dict()}}
-    tmp = out_dir / (VALIDATION + ".tmp")
-    tmp.write_text(json.dumps(report, indent=2, default=str))
-    os.replace(tmp, out_dir / VALIDATION)
+        manifest_path, quarantine_path = folder.claim(MANIFEST), folder.claim(QUARANTINE)
+        source_meta = str(root) if not from_manifest else (pq.read_schema(root).metadata or {}).get(
+            b"transsrgan.source", str(root).encode()).decode()
+        _write_manifest(valid, manifest_path, {"fingerprint": fp, "source": source_meta,
+                                               "settings": json.dumps(settings)})
+        paths = df.set_index("relpath")["path"]
+        _write_quarantine([(paths[rel], reason) for rel, reason in sorted(reasons.items())], quarantine_path)
+        result = GateResult(
+            source=str(root), manifest_path=str(manifest_path), quarantine_path=str(quarantine_path),
+            validation_json=str(out_dir / VALIDATION), data_docs_dir=str(out_dir / DATA_DOCS), fingerprint=fp,
+            n_files=n_files, n_valid=n_valid, n_quarantined=len(reasons), passed=not failed,
+            failed_expectations=failed, quarantined_by_reason=dict(sorted(by_reason.items())), checks=checks,
+            n_duplicates=n_dup, excluded=str(out_dir) if inside else "", left_alone=folder.foreign())
+        report = {"success": result.passed, "summary": asdict(result), "settings": settings,
+                  "suites": {"files": files_result.to_json_dict(), "dataset": dataset_result.to_json_dict()}}
+        folder.write(VALIDATION, json.dumps(report, indent=2, default=str))
     if failed:
         raise DataGateError(f"data gate failed for {root}: {'; '.join(failed)} "
-                            f"(see {quarantine_path} and {docs_dir / 'index.html'})", result)
+                            f"(see {quarantine_path} and {out_dir / DATA_DOCS / 'index.html'})", result)
     return result

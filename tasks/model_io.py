@@ -1,15 +1,14 @@
-"""Log the EMA generator as an MLflow model and load it back, without unpickling anything.
+"""The model store: log both model families as MLflow models, load them back without unpickling, sample them."""
 
-What a logged generator holds (pyfunc flavor, models-from-code):
-    MLmodel                       signature: noise float32 (-1, z_dim) -> images float32 (-1, C, H, W)
-    python_model.py               tasks/generator_pyfunc.py, plain source (no cloudpickle)
-    code/models/                  the model code, so `mlflow.pyfunc.load_model` works without this repo
-    artifacts/config.json         the resolved Config
-    artifacts/state_dict.pt       tensors only; torch.load(weights_only=True) refuses anything else
-`load_generator` reads only the two artifacts and rebuilds with this checkout's `models` package: no
-code from the store is executed at all. `mlflow.pyfunc.load_model` runs the logged source file, which
-does the same.
-"""
+# What a logged model holds (pyfunc flavor, models-from-code; tasks/pyfunc.py says what predict() takes):
+#   MLmodel               signature: generator noise float32 (-1, z_dim) -> images float32 (-1, C, H, W);
+#                         SinGAN column `seed` (int64) -> images float32 (-1, C, -1, -1), params scale_h,
+#                         scale_w (float), start_scale (int)
+#   pyfunc.py             tasks/pyfunc.py, plain source (no cloudpickle)
+#   code/models/          the model code, so `mlflow.pyfunc.load_model` works without this repository
+#   artifacts/            generator: config.json + state_dict.pt; SinGAN: singan.pt (all read with weights_only)
+# `load_model` reads only those artifacts and rebuilds with this checkout's `models` package: no code from the
+# store runs at all. It dispatches on the artifacts, so runs:/ URIs and local folders work as well as models:/.
 
 import contextlib
 import os
@@ -21,26 +20,50 @@ from typing import Any
 
 import mlflow
 import numpy as np
+import pandas as pd
 import torch
 from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
-from mlflow.types import Schema, TensorSpec
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 from torch import nn
 
 from models.config import Config
+from models.files import OutputFolder
+from models.grid import make_grid, save_png, to_uint8
+from models.grid import sample as generator_sample
+from models.singan import SinGANState, sample_at_size, save_singan
+from models.singan import sample as singan_sample
 from models.step import GANState
-from tasks.generator_pyfunc import CONFIG_KEY, STATE_DICT_KEY, rebuild_generator
+from tasks.pyfunc import (
+    CONFIG_KEY,
+    SEED_COLUMN,
+    SINGAN_KEY,
+    STATE_DICT_KEY,
+    rebuild_generator,
+    rebuild_singan,
+)
+from tasks.tracking import redact
 
-PYFUNC_SOURCE = Path(__file__).with_name("generator_pyfunc.py")
+PYFUNC_SOURCE = Path(__file__).with_name("pyfunc.py")
 MODELS_CODE = Path(__file__).resolve().parents[1] / "models"
-_MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))?/?$")
+GENERATOR, SINGAN = "generator", "singan"    # the two kinds of logged model, and their names in a run
+MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>[^/]+))?/?$")
+
+LoadedModel = nn.Module | SinGANState          # what load_model returns: a generator or a SinGAN pyramid
 
 
 class ModelNotFoundError(LookupError):
-    """A registry URI names a model, alias or version that does not exist; the message lists what does."""
+    """A URI names a model, alias or version that does not exist, or no model of ours; the message says what does."""
 
+
+def artifact_path(family: str) -> str:
+    """The logged model's name in its run for a model family: `singan` for SinGAN, else `generator`."""
+    return SINGAN if family == SINGAN else GENERATOR
+
+
+# ---------------------------------------------------------------- logging
 
 def pip_requirements() -> list[str]:
     """Pinned explicitly so log_model does not spend seconds inferring them."""
@@ -48,17 +71,25 @@ def pip_requirements() -> list[str]:
             f"numpy=={np.__version__}"]
 
 
-def signature(config: Config) -> ModelSignature:
+def generator_signature(config: Config) -> ModelSignature:
     mc = config.model
     return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, mc.z_dim))]),
                           outputs=Schema([TensorSpec(np.dtype(np.float32),
                                                      (-1, mc.channels, mc.resolution, mc.resolution))]))
 
 
-def log_code_model(name: str, python_model: Path, artifacts: dict[str, str], model_signature: ModelSignature,
-                   input_example: Any, *, run_id: str | None = None, who: str = "log_code_model") -> ModelInfo:
-    """Log a pyfunc model from code (no cloudpickle) with this repository's `models/` package as its code, into
-    the active run or `run_id`; `artifacts` are local files that must exist during the call."""
+def singan_signature(channels: int) -> ModelSignature:
+    return ModelSignature(
+        inputs=Schema([ColSpec("long", SEED_COLUMN)]),
+        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, channels, -1, -1))]),
+        params=ParamSchema([ParamSpec("scale_h", "double", 1.0), ParamSpec("scale_w", "double", 1.0),
+                            ParamSpec("start_scale", "long", 0)]))
+
+
+def _log_code_model(name: str, artifacts: dict[str, str], model_signature: ModelSignature, input_example: Any,
+                    run_id: str | None, who: str) -> ModelInfo:
+    """Log tasks/pyfunc.py with this repository's `models/` package as its code, into the active run or `run_id`;
+    `artifacts` are local files that must exist during the call."""
     with tempfile.TemporaryDirectory() as tmp:
         code = shutil.copytree(MODELS_CODE, Path(tmp) / "code" / "models",
                                ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -69,12 +100,12 @@ def log_code_model(name: str, python_model: Path, artifacts: dict[str, str], mod
         with mlflow.start_run(run_id=run_id) if resume else contextlib.nullcontext():
             if mlflow.active_run() is None:
                 raise RuntimeError(f"{who}: no active MLflow run; pass run_id= or use start_training_run")
-            return mlflow.pyfunc.log_model(name=name, python_model=str(python_model), artifacts=artifacts,
+            return mlflow.pyfunc.log_model(name=name, python_model=str(PYFUNC_SOURCE), artifacts=artifacts,
                                            code_paths=[str(code)], signature=model_signature,
                                            input_example=input_example, pip_requirements=pip_requirements())
 
 
-def log_generator(state_or_G: GANState | nn.Module, config: Config, name: str = "generator",
+def log_generator(state_or_G: GANState | nn.Module, config: Config, name: str = GENERATOR,
                   *, run_id: str | None = None) -> ModelInfo:
     """Log the EMA generator (or a given module) of the active run (or `run_id`) as an MLflow model."""
     G = state_or_G.G_ema if isinstance(state_or_G, GANState) else state_or_G
@@ -84,13 +115,27 @@ def log_generator(state_or_G: GANState | nn.Module, config: Config, name: str = 
         cfg_path, sd_path = Path(tmp) / "config.json", Path(tmp) / "state_dict.pt"
         cfg_path.write_text(config.to_json())
         torch.save(state_dict, sd_path)
-        return log_code_model(name, PYFUNC_SOURCE, {CONFIG_KEY: str(cfg_path), STATE_DICT_KEY: str(sd_path)},
-                              signature(config), example, run_id=run_id, who="log_generator")
+        return _log_code_model(name, {CONFIG_KEY: str(cfg_path), STATE_DICT_KEY: str(sd_path)},
+                               generator_signature(config), example, run_id, "log_generator")
 
+
+def log_singan(state: SinGANState, name: str = SINGAN, *, run_id: str | None = None) -> ModelInfo:
+    """Log the trained pyramid of the active run (or `run_id`) as an MLflow model."""
+    if not state.done:
+        raise ValueError(f"state: expected a fully trained pyramid, got {state.trained_scales}/{state.num_scales} "
+                         "scales")
+    example = pd.DataFrame({SEED_COLUMN: np.array([0, 1], dtype=np.int64)})
+    with tempfile.TemporaryDirectory() as tmp:
+        ckpt = save_singan(state, Path(tmp) / "singan.pt")
+        return _log_code_model(name, {SINGAN_KEY: str(ckpt)}, singan_signature(state.config.channels), example,
+                               run_id, "log_singan")
+
+
+# ---------------------------------------------------------------- loading
 
 def check_model_uri(uri: str) -> None:
     """Fail early, naming what exists, when a models:/ URI points at no model, alias or version."""
-    m = _MODELS_URI.match(uri)
+    m = MODELS_URI.match(uri)
     if not m:
         return
     client = MlflowClient()
@@ -102,7 +147,7 @@ def check_model_uri(uri: str) -> None:
             raise
         names = sorted(rm.name for rm in client.search_registered_models())
         raise ModelNotFoundError(f"{uri}: no registered model named {name!r}; registered models: "
-                                 f"{', '.join(names) or 'none'} (store {_store()})") from None
+                                 f"{', '.join(names) or 'none'} (store {redact(mlflow.get_tracking_uri())})") from None
     if alias is not None and alias not in model.aliases:
         have = ", ".join(f"{a} (v{v})" for a, v in sorted(model.aliases.items())) or "none"
         raise ModelNotFoundError(f"{uri}: model {name!r} has no alias {alias!r}; aliases: {have}")
@@ -113,47 +158,81 @@ def check_model_uri(uri: str) -> None:
                                      f"{', '.join(map(str, versions)) or 'none'}")
 
 
-def _store() -> str:
-    from tasks.tracking import redact
+def load_model(uri: str) -> LoadedModel:
+    """`models:/NAME@ALIAS`, `models:/NAME/N`, `runs:/<id>/generator|singan` or a local model folder -> the model.
 
-    return redact(mlflow.get_tracking_uri())
-
-
-def load_generator(uri: str) -> nn.Module:
-    """`models:/transsrgan@champion`, `models:/transsrgan/3`, `runs:/<id>/generator` or a local model dir.
-
-    Returns the generator in eval mode with `.config` (the resolved Config). Only the state dict
-    (weights_only=True) and the config JSON are read; no pickled or logged code runs.
+    A generator comes back in eval mode with `.config` (the resolved Config); a SinGAN as its frozen pyramid on
+    the CPU. Only the artifacts are read (torch.load weights_only=True); no pickled or logged code runs.
     """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     check_model_uri(uri)
     with tempfile.TemporaryDirectory() as tmp:
-        try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp)
-        except MlflowException as exc:
-            raise ModelNotFoundError(f"{uri}: could not download the model: {exc.message}") from exc
-        conf = Model.load(local).flavors.get("python_function", {})
-        arts = conf.get("artifacts", {})
-        if CONFIG_KEY not in arts or STATE_DICT_KEY not in arts:
-            raise ModelNotFoundError(f"{uri}: not a generator logged by tasks.model_io.log_generator "
-                                     f"(expected pyfunc artifacts {CONFIG_KEY!r} and {STATE_DICT_KEY!r})")
-        return rebuild_generator(str(Path(local) / arts[CONFIG_KEY]["path"]),
-                                 str(Path(local) / arts[STATE_DICT_KEY]["path"]))
+        local = Path(uri) if Path(uri).is_dir() else None
+        if local is None:
+            try:
+                local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
+            except MlflowException as exc:
+                raise ModelNotFoundError(f"{uri}: could not download the model: {exc.message}") from exc
+        arts = {k: str(local / v["path"]) for k, v in
+                Model.load(str(local)).flavors.get("python_function", {}).get("artifacts", {}).items()}
+        if SINGAN_KEY in arts:
+            return rebuild_singan(arts[SINGAN_KEY])
+        if CONFIG_KEY in arts and STATE_DICT_KEY in arts:
+            return rebuild_generator(arts[CONFIG_KEY], arts[STATE_DICT_KEY])
+    raise ModelNotFoundError(f"{uri}: not a model logged by tasks.model_io (expected the pyfunc artifacts "
+                             f"{CONFIG_KEY!r} and {STATE_DICT_KEY!r} of a generator, or {SINGAN_KEY!r} of a SinGAN)")
 
 
+def load_generator(uri: str) -> nn.Module:
+    """load_model for callers that need a generator (evaluation, `G(z)`); a SinGAN is a clear error."""
+    model = load_model(uri)
+    if isinstance(model, SinGANState):
+        raise ModelNotFoundError(f"{uri}: a SinGAN pyramid, not a generator (use load_model or load_singan_model)")
+    return model
 
 
-def write_samples(uri: str, n: int, out: str | Path, *, seed: int = 0, each_dir: str | Path | None = None,
-                  scale: int = 2) -> tuple[Path, Path | None]:
-    """n images from the model at `uri` as one grid PNG (and one PNG each); the same seed, the same images."""
-    from models.grid import make_grid, sample, save_png, to_uint8
+def load_singan_model(uri: str) -> SinGANState:
+    """load_model for callers that need a SinGAN pyramid; a generator is a clear error."""
+    model = load_model(uri)
+    if not isinstance(model, SinGANState):
+        raise ModelNotFoundError(f"{uri}: a generator, not a SinGAN (use load_model or load_generator)")
+    return model
 
-    G = load_generator(uri)
-    mc = G.config.model
-    images = to_uint8(sample(G, n, seed, mc.z_dim, mc.num_classes))            # (n, H, W, C) uint8
-    grid = save_png(make_grid(images), out, scale=scale)
+
+# ---------------------------------------------------------------- sampling
+
+def sample_images(model: LoadedModel, n: int, seed: int = 0, *, scale_h: float = 1.0, scale_w: float = 1.0,
+                  height: int | None = None, width: int | None = None) -> np.ndarray:
+    """uint8 (n, H, W, C): the same arguments always give the same images.
+
+    Sizes are for SinGAN only: exactly height x width if given (the other side keeps the aspect ratio), else the
+    training size times (scale_h, scale_w). A generator has one size; asking it for another is a ValueError.
+    """
+    if not isinstance(model, SinGANState):
+        if (scale_h, scale_w, height, width) != (1.0, 1.0, None, None):
+            raise ValueError("scale_h, scale_w, height, width: only a SinGAN takes an output size; this is a "
+                             "fixed-size generator")
+        mc = model.config.model
+        return to_uint8(generator_sample(model, n, seed, mc.z_dim, mc.num_classes))
+    if height is None and width is None:
+        return to_uint8(singan_sample(model, n, seed, scale_h=scale_h, scale_w=scale_w))
+    h0, w0 = model.sizes[-1]
+    height = height or max(1, round(h0 * width / w0))
+    width = width or max(1, round(w0 * height / h0))
+    return to_uint8(sample_at_size(model, n, height, width, seed=seed))
+
+
+def write_samples(model: LoadedModel, n: int, out: str | Path, *, seed: int = 0, each_dir: str | Path | None = None,
+                  scale: int = 2, nrow: int | None = None, **size: Any) -> tuple[Path, Path | None, tuple[int, int]]:
+    """n samples as one grid PNG (and one PNG each in `each_dir`); returns (grid, each_dir, (H, W)).
+
+    `size` (scale_h, scale_w, height, width) is for SinGAN only, as in sample_images.
+    """
+    images = sample_images(model, n, seed, **size)                               # (n, H, W, C) uint8
+    grid = save_png(make_grid(images, nrow), out, scale=scale)
     if each_dir is not None:
         each_dir = Path(each_dir)
-        for i, img in enumerate(images):
-            save_png(img, each_dir / f"sample_{i:04d}.png")
-    return grid, each_dir
+        with OutputFolder(each_dir, "sample") as folder:   # replaces only earlier samples (models.files)
+            for i, img in enumerate(images):
+                save_png(img, folder.claim(f"sample_{i:04d}.png"))
+    return grid, each_dir, (int(images.shape[1]), int(images.shape[2]))

@@ -1,27 +1,31 @@
-"""Model registry: register every evaluated run as a version, and promote `champion` only when it is better.
+"""Model registry: register every evaluated run as a version, and promote a champion only when it is better."""
 
-Rules of `promote` (decision and reason are written as tags on the new version and on the champion):
-- no champion yet                                    -> the new version becomes champion;
-- champion measured on another dataset fingerprint, with another feature extractor, or without the
-  primary metric                                     -> NOT compared; the new version becomes challenger
-                                                       (conservative: a human moves champion on purpose);
-- new value beats the champion's by more than margin -> champion moves; the old one keeps its tags;
-- otherwise                                          -> the new version becomes challenger.
-
-Concurrency: the read-decide-write section runs under an exclusive file lock (next to a SQLite store,
-or under data_home()/locks for other stores), so two promotions on one machine serialise. As a backstop
-for promoters on different machines, every version that wins writes `promotion.decision=champion`
-BEFORE moving the alias, and after moving it re-reads all such claims and converges the alias to the
-best one comparable with the champion. Whoever moves the alias last therefore sees every earlier claim,
-and a worse version never keeps `champion` over a better comparable one.
-"""
+# One promote() for every model family; a PromotionPolicy says where a version competes:
+#   GLOBAL     (transsrgan, dcgan)  one `champion` per registered model; comparable on dataset fingerprint and
+#                                   feature extractor; the loser becomes `challenger`.
+#   PER_IMAGE  (singan)             one `champion-<image>` per training image; comparable on image fingerprint,
+#                                   feature extractor and evaluation size (SIFID depends on the image size); the
+#                                   loser becomes `challenger-<image>` and `challenger`; `champion` then follows
+#                                   champion-<image> of the image just promoted.
+# Rules for a new version (reasons are written as version tags on it and on the champion it met):
+#   no champion in its scope yet                       -> it becomes the champion;
+#   champion not comparable, or either lacks the metric -> NOT compared: challenger (conservative: a human moves
+#                                                          the champion on purpose);
+#   its value beats the champion's by more than margin -> the champion alias moves; the old one keeps its tags;
+#   otherwise                                          -> challenger.
+# Concurrency: the read-decide-write section runs under an exclusive file lock (next to a SQLite store, or under
+# data_home()/locks for other stores), so promotions on one machine serialise. As a backstop for promoters on
+# different machines, every winner writes `promotion.decision=champion` BEFORE moving the alias, and after moving
+# it re-reads all such claims in its scope and converges the alias to the best one comparable with the champion.
+# Whoever moves the alias last therefore sees every earlier claim, and a worse version never keeps the champion
+# alias over a better comparable one.
 
 import contextlib
 import fcntl
 import hashlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -32,33 +36,44 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from models.paths import data_home
+from tasks.model_io import SINGAN, artifact_path
+from tasks.tags import (
+    CHALLENGER,
+    CHAMPION,
+    METRIC_TAG_PREFIX,
+    TAG_COMPARED,
+    TAG_DECISION,
+    TAG_EVAL_SIZE,
+    TAG_EXTRACTOR,
+    TAG_FAMILY,
+    TAG_FINGERPRINT,
+    TAG_IMAGE,
+    TAG_IMAGE_FINGERPRINT,
+    TAG_IMAGE_SOURCE,
+    TAG_REASON,
+    TAG_RUN,
+    TAG_TIME,
+    image_slug,
+    verdict_tag,
+)
 from tasks.tracking import sqlite_path
 
-CHAMPION, CHALLENGER = "champion", "challenger"
-TAG_EXTRACTOR = "feature_extractor"
-TAG_FINGERPRINT = "dataset_fingerprint"
-TAG_RUN = "run_id"
-METRIC_TAG_PREFIX = "metric."              # version tag `metric.fid` = "12.3"
-TAG_DECISION = "promotion.decision"        # champion | challenger (on the new version)
-TAG_REASON = "promotion.reason"
-TAG_COMPARED = "promotion.compared_with"   # the champion version it was measured against
-TAG_TIME = "promotion.time"
-
-_LOWER = ("fid", "kid", "fd", "kd", "loss", "s")           # first token of the metric name
+_LOWER = ("fid", "kid", "fd", "kd", "sifid", "loss", "s")          # first token of the metric name
 _HIGHER = ("precision", "recall", "density", "coverage", "images", "speedup", "efficiency")
+_MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
 
 
 def lower_is_better(metric_name: str) -> bool:
-    """fid/kid/fd_*/kd_* (and losses, s_per_iter): lower; precision/recall/density/coverage: higher.
+    """fid/kid/fd_*/kd_*/sifid (and losses, s_per_iter): lower; precision/recall/density/coverage: higher.
 
-    Extractor-suffixed names (recall_inception_random) follow their base metric.
+    Extractor-suffixed names (recall_inception_random, sifid_inception_random) follow their base metric.
     """
     head = metric_name.split("_", 1)[0]
     if head in _LOWER:
         return True
     if head in _HIGHER:
         return False
-    raise ValueError(f"primary_metric {metric_name!r}: unknown direction; expected fid, kid, fd_*, kd_* "
+    raise ValueError(f"primary_metric {metric_name!r}: unknown direction; expected fid, kid, fd_*, kd_*, sifid "
                      f"(lower is better) or precision, recall, density, coverage (higher is better), "
                      f"or pass lower_is_better explicitly")
 
@@ -66,16 +81,17 @@ def lower_is_better(metric_name: str) -> bool:
 _direction = lower_is_better   # `promote` has a parameter of the same name
 
 
-@dataclass(frozen=True)
-class PromotionDecision:
-    version: str
-    champion_version: str               # the champion after this promotion
-    promoted: bool
-    reason: str
-    alias: Literal["champion", "challenger"]
+def image_tags(image: str, source: str, fingerprint: str, eval_size: tuple[int, int]) -> dict[str, str]:
+    """The version tags of a SinGAN trained on one image (its scope under PER_IMAGE); `image` is slugged."""
+    if not fingerprint:
+        raise ValueError("image_fingerprint: expected the sha256 of the training image, got ''")
+    return {TAG_IMAGE: image_slug(image), TAG_IMAGE_SOURCE: source, TAG_IMAGE_FINGERPRINT: fingerprint,
+            TAG_EVAL_SIZE: f"{eval_size[0]}x{eval_size[1]}"}
 
 
-def _ensure_registered_model(client: MlflowClient, name: str) -> None:
+# ---------------------------------------------------------------- registration
+
+def ensure_registered_model(client: MlflowClient, name: str) -> None:
     try:
         client.create_registered_model(name)
     except MlflowException as exc:
@@ -83,18 +99,20 @@ def _ensure_registered_model(client: MlflowClient, name: str) -> None:
             raise
 
 
-def _logged_model_id(client: MlflowClient, run_id: str, artifact_path: str) -> str:
+def _logged_model_id(client: MlflowClient, run_id: str, name: str) -> str:
     run = client.get_run(run_id)
     for out in run.outputs.model_outputs if run.outputs else []:
-        if client.get_logged_model(out.model_id).name == artifact_path:
+        if client.get_logged_model(out.model_id).name == name:
             return out.model_id
-    raise LookupError(f"run {run_id} has no logged model named {artifact_path!r} "
-                      f"(log it with tasks.model_io.log_generator(..., name={artifact_path!r}))")
+    raise LookupError(f"run {run_id} has no logged model named {name!r} "
+                      f"(log it with tasks.model_io.log_generator or log_singan, name={name!r})")
 
 
-def register_version(run_id: str, model_name: str, metrics: dict[str, float], extractor: str,
-                     fingerprint: str, artifact_path: str = "generator") -> str:
-    """A new version of `model_name` from the run's logged model, tagged with metrics/extractor/fingerprint."""
+def register_version(run_id: str, model_name: str, metrics: dict[str, float], extractor: str, fingerprint: str,
+                     *, family: str | None = None, artifact: str | None = None,
+                     tags: dict[str, str] | None = None) -> str:
+    """A new version of `model_name` from the run's logged model, tagged with metrics, extractor, fingerprint and
+    model family (default: the registered name, as in transsrgan, dcgan, singan); `tags` adds more (image_tags)."""
     if not extractor:
         raise ValueError("extractor: expected the feature extractor name (e.g. 'inception_v3'), got ''")
     if not fingerprint:
@@ -102,17 +120,116 @@ def register_version(run_id: str, model_name: str, metrics: dict[str, float], ex
     bad = {k: v for k, v in metrics.items() if not math.isfinite(float(v))}
     if bad:
         raise ValueError(f"metrics: expected finite numbers, got {bad}")
+    family = family or model_name
     client = MlflowClient()
-    model_id = _logged_model_id(client, run_id, artifact_path)
-    _ensure_registered_model(client, model_name)
-    tags = {TAG_EXTRACTOR: extractor, TAG_FINGERPRINT: fingerprint, TAG_RUN: run_id,
-            **{f"{METRIC_TAG_PREFIX}{k}": repr(float(v)) for k, v in metrics.items()}}
-    mv = client.create_model_version(model_name, f"models:/{model_id}", run_id=run_id, tags=tags,
+    model_id = _logged_model_id(client, run_id, artifact or artifact_path(family))
+    ensure_registered_model(client, model_name)
+    all_tags = {TAG_EXTRACTOR: extractor, TAG_FINGERPRINT: fingerprint, TAG_RUN: run_id, TAG_FAMILY: family,
+                **{f"{METRIC_TAG_PREFIX}{k}": repr(float(v)) for k, v in metrics.items()}, **(tags or {})}
+    mv = client.create_model_version(model_name, f"models:/{model_id}", run_id=run_id, tags=all_tags,
                                      model_id=model_id)
     return str(mv.version)
 
 
-# ---- promotion -------------------------------------------------------------------------------------------
+# ---------------------------------------------------------------- the rules
+
+@dataclass(frozen=True)
+class Version:
+    """What the rules read of a registered version: its number and its tags."""
+
+    number: str
+    tags: dict[str, str]
+
+    @classmethod
+    def of(cls, mv: ModelVersion) -> "Version":
+        return cls(str(mv.version), dict(mv.tags))
+
+    def metric(self, name: str) -> float | None:
+        value = self.tags.get(f"{METRIC_TAG_PREFIX}{name}")
+        return float(value) if value is not None else None
+
+
+def _beats(a: float, b: float, lower: bool, margin: float) -> bool:
+    return (b - a > margin) if lower else (a - b > margin)
+
+
+@dataclass(frozen=True)
+class PromotionPolicy:
+    """Where a version competes (one scope per value of `scope_tag`, or one global scope) and what must match."""
+
+    comparable_on: tuple[tuple[str, str], ...]     # (tag, what it is): equal on both or NOT compared
+    scope_tag: str | None = None                   # None: one champion per registered model
+
+    def scope(self, v: Version) -> str | None:
+        return v.tags.get(self.scope_tag) if self.scope_tag else None
+
+    def champion_alias(self, scope: str | None) -> str:
+        return CHAMPION if scope is None else f"{CHAMPION}-{scope}"
+
+    def challenger_aliases(self, scope: str | None) -> tuple[str, ...]:
+        return (CHALLENGER,) if scope is None else (f"{CHALLENGER}-{scope}", CHALLENGER)
+
+    def followers(self, scope: str | None) -> tuple[str, ...]:
+        """Aliases that point at the scope's champion after every promotion in it (`champion` for SinGAN)."""
+        return () if scope is None else (CHAMPION,)
+
+    def champion_name(self, scope: str | None) -> str:
+        return "champion" if scope is None else f"the {self.scope_tag}'s champion"
+
+    def not_comparable(self, new: Version, champ: Version, metric: str) -> str | None:
+        """Why two versions cannot be compared, or None if they can."""
+        for tag, what in self.comparable_on:
+            a, b = new.tags.get(tag), champ.tags.get(tag)
+            if a != b:
+                return (f"not compared: {what} differs (v{new.number}: {a}, {self.champion_name(self.scope(new))} "
+                        f"v{champ.number}: {b})")
+        for v in (new, champ):
+            if v.metric(metric) is None:
+                return f"not compared: v{v.number} has no {metric!r} metric tag"
+        return None
+
+    def decide(self, new: Version, champ: Version | None, metric: str, lower: bool,
+               margin: float) -> tuple[bool, str]:
+        """(promote?, reason): the pure rule, given the new version and its scope's current champion."""
+        scope = self.scope(new)
+        if champ is None:
+            return True, ("first version: no champion yet" if scope is None else
+                          f"first version of {self.scope_tag} {scope!r}: no champion for it yet")
+        if champ.number == new.number:
+            return True, f"already {self.champion_name(scope)}"
+        why = self.not_comparable(new, champ, metric)
+        if why:
+            return False, why
+        a, b = new.metric(metric), champ.metric(metric)
+        sense = "lower" if lower else "higher"
+        verb = "beats" if _beats(a, b, lower, margin) else "does not beat"
+        return verb == "beats", (f"{metric} {a:.6g} {verb} {self.champion_name(scope)} v{champ.number} ({b:.6g}) "
+                                 f"by more than {margin:g} ({sense} is better)")
+
+
+GLOBAL = PromotionPolicy(comparable_on=((TAG_FINGERPRINT, "dataset fingerprint"), (TAG_EXTRACTOR, "feature extractor")))
+PER_IMAGE = PromotionPolicy(comparable_on=((TAG_IMAGE_FINGERPRINT, "image content (fingerprint)"),
+                                           (TAG_EXTRACTOR, "feature extractor"), (TAG_EVAL_SIZE, "evaluation size")),
+                            scope_tag=TAG_IMAGE)
+
+
+def policy_for(family: str) -> PromotionPolicy:
+    """PER_IMAGE for SinGAN (one model per image), GLOBAL for every other family."""
+    return PER_IMAGE if family == SINGAN else GLOBAL
+
+
+@dataclass(frozen=True)
+class PromotionDecision:
+    version: str
+    champion_version: str               # the champion of the version's scope after this promotion
+    promoted: bool
+    reason: str
+    alias: Literal["champion", "challenger"]
+    aliases: tuple[str, ...]            # every alias this promotion gave the version
+    scope: str | None = None            # PER_IMAGE: the image slug; None for GLOBAL
+
+
+# ---------------------------------------------------------------- promotion
 
 @contextlib.contextmanager
 def promotion_lock(model_name: str, timeout_s: float = 120.0) -> Iterator[Path]:
@@ -139,109 +256,84 @@ def promotion_lock(model_name: str, timeout_s: float = 120.0) -> Iterator[Path]:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
-def _metric(mv: ModelVersion, name: str) -> float | None:
-    value = mv.tags.get(f"{METRIC_TAG_PREFIX}{name}")
-    return float(value) if value is not None else None
-
-
-def _not_comparable(new: ModelVersion, champ: ModelVersion, metric: str) -> str | None:
-    """Why two versions cannot be compared, or None if they can."""
-    for tag, what in ((TAG_FINGERPRINT, "dataset fingerprint"), (TAG_EXTRACTOR, "feature extractor")):
-        a, b = new.tags.get(tag), champ.tags.get(tag)
-        if a != b:
-            return f"not compared: {what} differs (v{new.version}: {a}, champion v{champ.version}: {b})"
-    for mv in (new, champ):
-        if _metric(mv, metric) is None:
-            return f"not compared: v{mv.version} has no {metric!r} metric tag"
-    return None
-
-
-def _beats(a: float, b: float, lower: bool, margin: float) -> bool:
-    return (b - a > margin) if lower else (a - b > margin)
-
-
-def _get_champion(client: MlflowClient, name: str) -> ModelVersion | None:
+def by_alias(client: MlflowClient, name: str, alias: str) -> Version | None:
+    """The version holding `alias`, or None when the alias (or the model) does not exist."""
     try:
-        return client.get_model_version_by_alias(name, CHAMPION)
+        return Version.of(client.get_model_version_by_alias(name, alias))
     except MlflowException as exc:
-        if exc.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
+        if exc.error_code in _MISSING:
             return None
         raise
 
 
-def decide(new: ModelVersion, champ: ModelVersion | None, metric: str, lower: bool,
-           margin: float) -> tuple[bool, str]:
-    """(promote?, reason): the pure rule, given the new version and the current champion."""
-    if champ is None:
-        return True, "first version: no champion yet"
-    if champ.version == new.version:
-        return True, "already champion"
-    why = _not_comparable(new, champ, metric)
-    if why:
-        return False, why
-    a, b = _metric(new, metric), _metric(champ, metric)
-    sense = "lower" if lower else "higher"
-    if _beats(a, b, lower, margin):
-        return True, f"{metric} {a:.6g} beats champion v{champ.version} ({b:.6g}) by more than {margin:g} ({sense} is better)"
-    return False, f"{metric} {a:.6g} does not beat champion v{champ.version} ({b:.6g}) by more than {margin:g} ({sense} is better)"
-
-
-def converge(client: MlflowClient, name: str, metric: str, lower: bool) -> ModelVersion | None:
-    """Move champion to the best claimant comparable with the current champion; returns the champion."""
-    champ = _get_champion(client, name)
+def converge(client: MlflowClient, name: str, policy: PromotionPolicy, scope: str | None, metric: str,
+             lower: bool) -> Version | None:
+    """Move the scope's champion alias to the best claimant comparable with the current champion; returns it."""
+    alias = policy.champion_alias(scope)
+    champ = by_alias(client, name, alias)
     if champ is None:
         return None
     best = champ
     for mv in client.search_model_versions(f"name='{name}'"):
-        if mv.tags.get(TAG_DECISION) != CHAMPION or mv.version == best.version:
+        v = Version.of(mv)
+        if v.tags.get(TAG_DECISION) != CHAMPION or v.number == best.number or policy.scope(v) != scope:
             continue
-        if _not_comparable(mv, best, metric) is None and _beats(_metric(mv, metric), _metric(best, metric), lower, 0.0):
-            best = mv
-    if best.version != champ.version:
-        client.set_registered_model_alias(name, CHAMPION, best.version)
-        client.set_model_version_tag(name, champ.version, f"promotion.v{best.version}.decision",
-                                     f"replaced by v{best.version} while converging concurrent promotions")
+        if policy.not_comparable(v, best, metric) is None and _beats(v.metric(metric), best.metric(metric), lower,
+                                                                     0.0):
+            best = v
+    if best.number != champ.number:
+        client.set_registered_model_alias(name, alias, best.number)
+        client.set_model_version_tag(name, champ.number, verdict_tag(best.number, "decision"),
+                                     f"replaced by v{best.number} while converging concurrent promotions")
     return best
 
 
 def promote(model_name: str, version: str, primary_metric: str, lower_is_better: bool | None = None,
-            margin: float = 0.0, *, use_lock: bool = True,
-            _after_read: Callable[[], None] | None = None) -> PromotionDecision:
-    """Give `version` the alias champion or challenger per the module rules; tags record why.
+            margin: float = 0.0, *, policy: PromotionPolicy | None = None, use_lock: bool = True) -> PromotionDecision:
+    """Give `version` the champion or challenger aliases of its scope per the module rules; tags record why.
 
-    lower_is_better=None derives the direction from the metric name. `_after_read` is a test hook that runs
-    between reading the champion and writing the aliases (it widens the race window).
+    lower_is_better=None derives the direction from the metric name; policy=None takes the version's
+    model_family tag (policy_for).
     """
     lower = _direction(primary_metric) if lower_is_better is None else lower_is_better
-    if margin < 0:
-        raise ValueError(f"margin: expected >= 0, got {margin}")
+    if margin < 0 or not math.isfinite(margin):
+        raise ValueError(f"margin: expected a finite number >= 0, got {margin}")
     client = MlflowClient()
     version = str(version)
-    lock = promotion_lock(model_name) if use_lock else contextlib.nullcontext()
-    with lock:
-        new = client.get_model_version(model_name, version)
-        champ = _get_champion(client, model_name)
-        promoted, reason = decide(new, champ, primary_metric, lower, margin)
-        if _after_read:
-            _after_read()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    with promotion_lock(model_name) if use_lock else contextlib.nullcontext():
+        new = Version.of(client.get_model_version(model_name, version))
+        policy = policy or policy_for(new.tags.get(TAG_FAMILY, ""))
+        scope = policy.scope(new)
+        if policy.scope_tag and not scope:
+            raise ValueError(f"{model_name} v{version}: expected a version tag {policy.scope_tag!r} "
+                             f"(register it with register_version(..., tags=image_tags(...)))")
+        champ = by_alias(client, model_name, policy.champion_alias(scope))
+        promoted, reason = policy.decide(new, champ, primary_metric, lower, margin)
         alias = CHAMPION if promoted else CHALLENGER
-        tags = {TAG_DECISION: alias, TAG_REASON: reason, TAG_TIME: stamp,
-                TAG_COMPARED: champ.version if champ is not None else ""}
-        for k, v in tags.items():          # the claim is written before the alias moves (see converge)
+        claim = {TAG_DECISION: alias, TAG_REASON: reason, TAG_TIME: time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                 TAG_COMPARED: champ.number if champ is not None else ""}
+        for k, v in claim.items():          # the claim is written before the alias moves (see converge)
             client.set_model_version_tag(model_name, version, k, v)
-        client.set_registered_model_alias(model_name, alias, version)
-        if champ is not None and champ.version != version:
+        aliases = (policy.champion_alias(scope),) if promoted else policy.challenger_aliases(scope)
+        for a in aliases:
+            client.set_registered_model_alias(model_name, a, version)
+        if champ is not None and champ.number != version:
             verdict = f"replaced by v{version}" if promoted else f"kept against v{version}"
-            client.set_model_version_tag(model_name, champ.version, f"promotion.v{version}.decision", verdict)
-            client.set_model_version_tag(model_name, champ.version, f"promotion.v{version}.reason", reason)
-        final = converge(client, model_name, primary_metric, lower) if promoted else champ
-        champion_version = str(final.version) if final is not None else version
+            client.set_model_version_tag(model_name, champ.number, verdict_tag(version, "decision"), verdict)
+            client.set_model_version_tag(model_name, champ.number, verdict_tag(version, "reason"), reason)
+        final = converge(client, model_name, policy, scope, primary_metric, lower) if promoted else champ
+        champion_version = final.number if final is not None else version
         if promoted and champion_version != version:   # a better concurrent claim won: we lost after all
             promoted, alias = False, CHALLENGER
             reason += f"; then superseded by v{champion_version} from a concurrent promotion"
             client.set_model_version_tag(model_name, version, TAG_DECISION, alias)
             client.set_model_version_tag(model_name, version, TAG_REASON, reason)
-            client.set_registered_model_alias(model_name, alias, version)
-    return PromotionDecision(version=version, champion_version=champion_version, promoted=promoted,
-                             reason=reason, alias=alias)
+            aliases = policy.challenger_aliases(scope)
+            for a in aliases:
+                client.set_registered_model_alias(model_name, a, version)
+        for a in policy.followers(scope):
+            client.set_registered_model_alias(model_name, a, champion_version)
+        if promoted:
+            aliases += policy.followers(scope)
+    return PromotionDecision(version=version, champion_version=champion_version, promoted=promoted, reason=reason,
+                             alias=alias, aliases=aliases, scope=scope)

@@ -1,11 +1,10 @@
-"""MLflow tracking: where the store is and what every training run logs (the trainer's sink: tasks.mlflow_sink).
+"""MLflow tracking: which store (argument, MLFLOW_TRACKING_URI, else embedded SQLite) and what every run logs."""
 
-Store resolution (first wins): the `uri` argument (e.g. from config or a flow parameter), the
-MLFLOW_TRACKING_URI environment variable, then the embedded default
-`sqlite:///<data_home()>/mlflow.db`. Experiments created on a SQLite store keep their artifacts next to
-the database, in `<db folder>/mlartifacts/<experiment>` (so `<data_home()>/mlartifacts` for the embedded
-store), never in a `./mlruns` of whatever directory the process happened to start in.
-"""
+# Store resolution (first wins): the `uri` argument (e.g. from config or a flow parameter), the
+# MLFLOW_TRACKING_URI environment variable, then the embedded default `sqlite:///<data_home()>/mlflow.db`.
+# Experiments created on a SQLite store keep their artifacts next to the database, in
+# `<db folder>/mlartifacts/<experiment>` (so `<data_home()>/mlartifacts` for the embedded store), never in a
+# `./mlruns` of whatever directory the process happened to start in.
 
 import contextlib
 import os
@@ -22,16 +21,18 @@ from mlflow.tracking import MlflowClient
 
 from models.config import Config
 from models.paths import data_home
+from tasks.tags import (
+    CONFIG_ARTIFACT,
+    TAG_DATASET_SIZE,
+    TAG_FINGERPRINT,
+    TAG_GIT_COMMIT,
+    TAG_MLFLOW_COMMIT,
+    TAG_PRESET,
+    TAG_SPARK_MASTER,
+    TAG_WORKERS,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-CONFIG_ARTIFACT = "config.json"
-# Run tags (besides MLflow's own mlflow.source.git.commit).
-TAG_GIT_COMMIT = "git_commit"
-TAG_FINGERPRINT = "dataset_fingerprint"
-TAG_DATASET_SIZE = "dataset_size"
-TAG_SPARK_MASTER = "spark_master"
-TAG_WORKERS = "spark_workers"
-TAG_PRESET = "preset"
 
 _URI_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^:/@\s]*:)(?P<pw>[^@\s]*)(?P<at>@)")
 _QUERY_PASSWORD = re.compile(r"(?P<head>[?&](?:password|pwd|token|secret)=)(?P<pw>[^&\s]*)", re.IGNORECASE)
@@ -139,10 +140,11 @@ def git_commit() -> str:
 
 def run_tags(config: Config, dataset_fingerprint: str | None = None, dataset_size: int | None = None,
              extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Provenance tags of a run: git commit, preset, Spark master and workers (when the family uses Spark), data."""
     commit = git_commit()
-    tags = {TAG_GIT_COMMIT: commit, "mlflow.source.git.commit": commit.removesuffix("-dirty"),
-            TAG_SPARK_MASTER: config.spark.master, TAG_WORKERS: str(config.spark.workers),
-            TAG_PRESET: config.preset}
+    tags = {TAG_GIT_COMMIT: commit, TAG_MLFLOW_COMMIT: commit.removesuffix("-dirty"), TAG_PRESET: config.preset}
+    if "spark" in config.sections():
+        tags.update({TAG_SPARK_MASTER: config.spark.master, TAG_WORKERS: str(config.spark.workers)})
     if dataset_fingerprint is not None:
         tags[TAG_FINGERPRINT] = dataset_fingerprint
     if dataset_size is not None:
@@ -156,7 +158,8 @@ def start_training_run(config: Config, experiment: str = "transsrgan", run_name:
                        tags: dict[str, str] | None = None, *, dataset_fingerprint: str | None = None,
                        dataset_size: int | None = None, tracking_uri: str | None = None,
                        system_metrics: bool = True, run_id: str | None = None) -> Iterator[mlflow.ActiveRun]:
-    """An MLflow run with the flattened config as params, provenance tags and system metrics.
+    """An MLflow run with the config's sections (those of its model family) as params, provenance tags and
+    system metrics.
 
     `run_id` reopens that run (a resumed training continues its curves) when it still exists in the store.
     Yields the active run; the run ends FINISHED, or FAILED if the body raises (then the error re-raises).
@@ -179,7 +182,7 @@ def start_training_run(config: Config, experiment: str = "transsrgan", run_name:
             params = {k: v for k, v in params.items() if k not in run.data.params}   # params are write-once
         if params:
             mlflow.log_params(params)
-        mlflow.log_text(config.to_json(), CONFIG_ARTIFACT)
+        mlflow.log_text(config.to_json(config.sections()), CONFIG_ARTIFACT)
         yield run
 
 

@@ -1,7 +1,8 @@
-"""The training task: DFAGD on Spark (or the reference trainer), tracked in MLflow, progress in the Prefect UI."""
+"""Training tasks of both families, tracked in MLflow: TransSRGAN/DCGAN (DFAGD on Spark or local) and SinGAN."""
 
 import dataclasses
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,25 +12,51 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from models.checkpoint import load_checkpoint
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.config import Config
 from models.data import load_dataset
+from models.grid import make_grid, sample, save_png, to_uint8
 from models.paths import data_home
+from models.singan import SinGANState, fit, load_singan, save_singan
+from models.singan import sample as singan_sample
 from models.step import GANState
 from models.trainer import DivergenceError, LocalGradSource, train
 from spark_training.dfagd import DFAGDStats, train_dfagd
-from tasks.mlflow_sink import CHECKPOINTS_DIR, MlflowSink
-from tasks.model_io import log_generator
-from tasks.resume import (
+from spark_training.speedup_probe import measure_speedup
+from tasks.data_gate import GateResult
+from tasks.model_io import SINGAN, log_generator, log_singan
+from tasks.pipeline import ValidatedImage
+from tasks.runs import (
     CHECKPOINT,
     ResumeError,
     ResumePoint,
+    RetrainDecision,
     config_differences,
     read_run_record,
     write_run_record,
 )
-from tasks.retrain import TAG_CONFIG_HASH, TAG_FLOW_RUN, TAG_PIPELINE, RetrainDecision
+from tasks.sink import MlflowSink
+from tasks.tags import (
+    CHECKPOINTS_DIR,
+    RUNNING,
+    SAMPLES_DIR,
+    TAG_CONFIG_HASH,
+    TAG_ENGINE,
+    TAG_FAILURE,
+    TAG_FLOW_RUN,
+    TAG_IMAGE,
+    TAG_IMAGE_FINGERPRINT,
+    TAG_IMAGE_SOURCE,
+    TAG_PIPELINE,
+    TAG_RESUMED_FROM,
+    TAG_RETRAIN_REASON,
+    VALIDATION_DIR,
+    image_slug,
+)
 from tasks.tracking import configure_tracking, start_training_run
+
+SINGAN_CHECKPOINT = "singan.pt"
+SINGAN_GRID_N, SINGAN_GRID_SEED = 16, 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,11 +66,94 @@ class TrainOutcome:
     run_id: str
     checkpoint: str
     out_dir: str
-    steps: int
     wall_s: float
     metrics: dict[str, float]     # the last logged training metrics (loss_d, loss_g, images_per_s, ...)
-    resumed_from: int             # step the run resumed at (0 = fresh)
+    steps: int = 0                # generator updates reached (TransSRGAN, DCGAN)
+    resumed_from: int = 0         # step the run resumed at (0 = fresh)
+    sizes: list[list[int]] = dataclasses.field(default_factory=list)   # SinGAN: (H, W) per scale, coarsest first
 
+
+# ---------------------------------------------------------------- the trainers' callbacks
+
+class GANSink(MlflowSink):
+    """The GAN trainer's callbacks over the sink: `train(..., **sink.callbacks())` logs metrics, sample grids of
+    the EMA generator and checkpoints. Checkpoints are written to checkpoint_dir first (atomically,
+    models.checkpoint.save_checkpoint) and only then queued for upload, so an outage never costs one."""
+
+    def __init__(self, run_id: str, *, sample_n: int = 64, sample_seed: int = 0, keep_checkpoints: bool = False,
+                 **sink: Any):
+        super().__init__(run_id, **sink)
+        self.sample_n, self.sample_seed = sample_n, sample_seed
+        self.keep_checkpoints = keep_checkpoints   # False: checkpoints/checkpoint.pt holds the latest only
+
+    def callbacks(self) -> dict[str, Callable[[GANState, dict[str, float]], None]]:
+        return {"on_log": self.on_log, "on_sample": self.on_sample, "on_checkpoint": self.on_checkpoint}
+
+    def on_log(self, state: GANState, metrics: dict[str, float]) -> None:
+        self.log_metrics(metrics, step=state.step)
+
+    def on_sample(self, state: GANState, metrics: dict[str, float]) -> None:
+        mc = state.config.model
+        images = sample(state.G_ema, self.sample_n, self.sample_seed, mc.z_dim, mc.num_classes)  # (n, C, H, W)
+        png = save_png(make_grid(to_uint8(images)), self.checkpoint_dir / SAMPLES_DIR / f"step_{state.step:06d}.png",
+                       scale=2)
+        self.log_artifact(png, SAMPLES_DIR)
+
+    def on_checkpoint(self, state: GANState, metrics: dict[str, float]) -> None:
+        name = f"step_{state.step:06d}.pt" if self.keep_checkpoints else CHECKPOINT
+        path = save_checkpoint(state, self.checkpoint_dir / name)   # CheckpointError names what is left
+        self.log_artifact(path, CHECKPOINTS_DIR)
+
+
+class SinGANSink(MlflowSink):
+    """SinGAN's callbacks over the sink: `fit(..., **sink.callbacks())` logs metrics per global iteration and,
+    after every scale, the checkpoint (written locally first, atomically) and a grid of that scale's samples."""
+
+    def callbacks(self) -> dict[str, Callable[[SinGANState, dict[str, float]], None]]:
+        return {"on_log": self.on_log, "on_scale_end": self.on_scale_end}
+
+    def on_log(self, state: SinGANState, metrics: dict[str, float]) -> None:
+        self.log_metrics({k: v for k, v in metrics.items() if k not in ("step", "iter")}, step=int(metrics["step"]))
+
+    def on_scale_end(self, state: SinGANState, metrics: dict[str, float]) -> None:
+        self.log_artifact(save_singan(state, self.checkpoint_dir / SINGAN_CHECKPOINT), CHECKPOINTS_DIR)
+        n = state.trained_scales - 1
+        h, w = state.sizes[n]
+        images = singan_sample(state, SINGAN_GRID_N, SINGAN_GRID_SEED)                       # (n, C, H, W)
+        grid = save_png(make_grid(to_uint8(images)), self.checkpoint_dir / SAMPLES_DIR / f"scale_{n:02d}_{h}x{w}.png",
+                        scale=2)
+        self.log_artifact(grid, SAMPLES_DIR)
+
+
+# ---------------------------------------------------------------- shared pieces
+
+def _progress(key: str, description: str, done: float, total: float) -> Callable[[float], None]:
+    """A Prefect progress artifact at done/total; returns the function that moves it."""
+    artifact = create_progress_artifact(100.0 * done / max(total, 1), key=key, description=description)
+    return lambda now: update_progress_artifact(artifact, 100.0 * now / max(total, 1))
+
+
+def _run_name() -> str:
+    return flow_run.name or time.strftime("%Y%m%d-%H%M%S")
+
+
+def _run_folder(out_dir: str | None, default_name: str) -> Path:
+    """out_dir, default $TRANSSRGAN_HOME/runs/<default_name>: private to the flow run."""
+    out = Path(out_dir) if out_dir else data_home() / "runs" / default_name
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def log_gate_reports(gate: GateResult) -> None:
+    """The data gate's reports (validation.json, quarantine.csv, data_docs/) under validation/ of the active run."""
+    for report in (gate.validation_json, gate.quarantine_path):
+        if report and Path(report).is_file():
+            mlflow.log_artifact(report, VALIDATION_DIR)
+    if gate.data_docs_dir and Path(gate.data_docs_dir).is_dir():
+        mlflow.log_artifacts(gate.data_docs_dir, f"{VALIDATION_DIR}/{Path(gate.data_docs_dir).name}")
+
+
+# ---------------------------------------------------------------- TransSRGAN, DCGAN
 
 def _load_matching(path: Path, config: Config) -> tuple[GANState, list[str]]:
     """The checkpoint's full state (one read) and how its config differs from `config` (data.source aside)."""
@@ -78,22 +188,34 @@ def _resumed(point: ResumePoint, config: Config, fingerprint: str) -> GANState:
     return state
 
 
+@task(name="measure-speedup", cache_policy=NO_CACHE)
+def probe_speedup(config: Config, gate: GateResult) -> dict[str, float]:
+    """DFAGD's speed-up over 1 worker on this model and cluster, timed on the gate's data before training
+    (spark.speedup_probe_steps iterations each); {} with one worker or 0 probe steps."""
+    speed = measure_speedup(config.updated({"data.source": str(gate.manifest_path)}))
+    if speed:
+        get_run_logger().info(f"speed-up probe: {speed['speedup_vs_1_worker']:.2f}x over 1 worker (efficiency "
+                              f"{speed['efficiency']:.2f}, {config.spark.speedup_probe_steps} iterations each)")
+    return speed
+
+
 @task(name="train", cache_policy=NO_CACHE)
-def train_model(config: Config, gate: Any, decision: RetrainDecision, out_dir: str | None = None,
-                engine: Literal["spark", "local"] = "spark", resume: ResumePoint | None = None) -> TrainOutcome:
+def train_model(config: Config, gate: GateResult, decision: RetrainDecision, out_dir: str | None = None,
+                engine: Literal["spark", "local"] = "spark", resume: ResumePoint | None = None,
+                speed: dict[str, float] | None = None) -> TrainOutcome:
     """Train on the gate's manifest inside one MLflow run; the Spark session lives and dies inside this task.
 
-    `gate` is the data gate's GateResult (paths and counts). Output (checkpoint, samples, run.json) goes to
-    out_dir, default $TRANSSRGAN_HOME/runs/<flow run name>, where a retried flow run resumes from its own
-    checkpoint. `resume` (from tasks.resume.resume_point) continues that run: its folder, its MLflow run.
+    Output (checkpoint, samples, run.json) goes to out_dir, default $TRANSSRGAN_HOME/runs/<flow run name>, where a
+    retried flow run resumes from its own checkpoint. `resume` (tasks.runs.resume_point) continues that run: its
+    folder, its MLflow run. `speed` (probe_speedup's result) is logged with the run's DFAGD breakdown.
     """
     log = get_run_logger()
+    speed = speed or {}
     configure_tracking()
     source = config.data.source
-    config = dataclasses.replace(config, data=dataclasses.replace(config.data, source=str(gate.manifest_path)))
-    run_name = flow_run.name or time.strftime("%Y%m%d-%H%M%S")
-    out = Path(resume.out_dir if resume else out_dir or data_home() / "runs" / run_name)
-    out.mkdir(parents=True, exist_ok=True)
+    config = config.updated({"data.source": str(gate.manifest_path)})
+    run_name = _run_name()
+    out = _run_folder(resume.out_dir if resume else out_dir, run_name)
     ckpt_path = out / CHECKPOINT
     if resume is not None:
         state: GANState | None = _resumed(resume, config, gate.fingerprint)
@@ -104,48 +226,45 @@ def train_model(config: Config, gate: Any, decision: RetrainDecision, out_dir: s
     start_step = state.step if state else 0
     previous_run = read_run_record(out).get("mlflow_run_id") if state else None
     total = config.train.steps
-    progress_id = create_progress_artifact(100.0 * start_step / max(total, 1), key="training-progress",
-                                           description=f"{config.model.arch} training: steps done / {total}")
+    progress = _progress("training-progress", f"{config.model.arch} training: steps done / {total}", start_step,
+                         total)
 
-    tags = {TAG_CONFIG_HASH: decision.config_hash, TAG_PIPELINE: "running", TAG_FLOW_RUN: str(flow_run.id or ""),
-            "engine": engine, "retrain_reason": decision.reason[:500]}
+    tags = {TAG_CONFIG_HASH: decision.config_hash, TAG_PIPELINE: RUNNING, TAG_FLOW_RUN: str(flow_run.id or ""),
+            TAG_ENGINE: engine, TAG_RETRAIN_REASON: decision.reason[:500]}
     if start_step:
-        tags["resumed_from_step"] = str(start_step)
+        tags[TAG_RESUMED_FROM] = str(start_step)
     with start_training_run(config, run_name=run_name, tags=tags, dataset_fingerprint=gate.fingerprint,
                             dataset_size=gate.n_valid, run_id=previous_run) as run:
         write_run_record(out, mlflow_run_id=run.info.run_id, data_source=source, flow_run_id=str(flow_run.id or ""),
                          dataset_fingerprint=gate.fingerprint, config_hash=decision.config_hash)
-        for report in (gate.validation_json, gate.quarantine_path, gate.data_docs_dir):
-            if report:
-                _log_validation(Path(report))
+        log_gate_reports(gate)
         t0 = time.perf_counter()
         log.info(f"training {config.model.arch} ({config.preset} preset) for {total} steps with engine={engine}: "
                  f"{_engine_summary(config, engine)}; MLflow run {run.info.run_id}; checkpoints in {out}")
         # writes out/checkpoint.pt and logs checkpoints/; buffers tracking records while the store is unreachable
-        with MlflowSink(run.info.run_id, checkpoint_dir=out, print_fn=log.warning) as sink:
+        with GANSink(run.info.run_id, checkpoint_dir=out, print_fn=log.warning) as sink:
 
             def on_log(s: GANState, m: dict[str, float]) -> None:
                 sink.on_log(s, m)
-                update_progress_artifact(progress_id, 100.0 * s.step / max(total, 1))
+                progress(s.step)
 
-            speed: dict[str, float] = {}                # the speed-up probe's numbers, when it ran
+            callbacks = dict(on_log=on_log, on_sample=sink.on_sample, on_checkpoint=sink.on_checkpoint,
+                             print_fn=log.info)
             try:
                 if engine == "spark":
                     stats = DFAGDStats()
-                    state = train_dfagd(config, state=state, on_log=on_log, on_sample=sink.on_sample,
-                                        on_checkpoint=sink.on_checkpoint, print_fn=log.info, stats_out=stats)
-                    speed = stats.probe or {}
+                    state = train_dfagd(config, state=state, stats_out=stats, **callbacks)
                     sink.log_metrics({f"dfagd_{k}_per_iter": v for k, v in stats.breakdown().items()} | speed,
                                      step=state.step)
                 else:
-                    state = _train_local(config, state, on_log, sink.on_sample, sink.on_checkpoint, log.info)
+                    state = _train_local(config, state, **callbacks)
             except DivergenceError as exc:
                 last = sink.last_checkpoint or (ckpt_path if ckpt_path.is_file() else None)
                 where = (f"the last good checkpoint is {last} (logged under {CHECKPOINTS_DIR}/). Training is "
                          f"deterministic, so resuming it would diverge again: train anew with lower learning rates "
                          f"(train.lr_g, train.lr_d) or tighter clipping (train.clip_norm_g, train.clip_norm_d)"
                          if last else "no checkpoint was written before it")
-                mlflow.set_tag("failure", f"diverged: {str(exc)[:400]}")
+                mlflow.set_tag(TAG_FAILURE, f"diverged: {str(exc)[:400]}")
                 raise DivergenceError(f"{exc}; {where}") from exc
             if sink.last_checkpoint is None:     # resumed at the last step: nothing was trained or saved
                 sink.on_checkpoint(state, {})
@@ -155,17 +274,17 @@ def train_model(config: Config, gate: Any, decision: RetrainDecision, out_dir: s
         last = {k: float(v) for k, v in (state.history[-1] if state.history else {}).items() if k != "step"}
         last.update(speed)
         log.info(f"trained to step {state.step} in {wall:.0f}s; checkpoint {ckpt_path}")
-        return TrainOutcome(run.info.run_id, str(ckpt_path), str(out), state.step, wall, last, start_step)
+        return TrainOutcome(run.info.run_id, str(ckpt_path), str(out), wall, last, steps=state.step,
+                            resumed_from=start_step)
 
 
-def _train_local(config: Config, state: GANState | None, on_log, on_sample, on_checkpoint, print_fn) -> GANState:
+def _train_local(config: Config, state: GANState | None, **callbacks: Any) -> GANState:
     """The reference single-process trainer (no Spark): the same math, for debugging and comparison."""
     from models.step import build_state
 
     data = load_dataset(config.data.source, config.model.resolution, config.model.channels, config.data.limit)
     state = build_state(config) if state is None else state
-    return train(state, LocalGradSource(data, config), on_log=on_log, on_sample=on_sample,
-                 on_checkpoint=on_checkpoint, print_fn=print_fn)
+    return train(state, LocalGradSource(data, config), **callbacks)
 
 
 def _engine_summary(config: Config, engine: str) -> str:
@@ -176,9 +295,57 @@ def _engine_summary(config: Config, engine: str) -> str:
             f"{config.partitions} data partitions, global batch {config.train.batch_size}")
 
 
-def _log_validation(path: Path) -> None:
-    """The data gate's reports (validation.json, quarantine.csv, data_docs/) go under validation/."""
-    if path.is_dir():
-        mlflow.log_artifacts(str(path), f"validation/{path.name}")
-    elif path.is_file():
-        mlflow.log_artifact(str(path), "validation")
+# ---------------------------------------------------------------- SinGAN
+
+def _own_singan(path: Path, config: Config, print_fn) -> SinGANState | None:
+    """A retried flow run resumes at the first unfinished scale of its own checkpoint (same config only)."""
+    if not path.is_file():
+        return None
+    state = load_singan(path)
+    if state.config.to_dict() != config.singan.to_dict():
+        print_fn(f"ignoring {path}: it was written with another config")
+        return None
+    print_fn(f"resuming from {path}: {state.trained_scales}/{state.num_scales} scales done")
+    return state
+
+
+@task(name="train-singan", cache_policy=NO_CACHE)
+def train_singan_model(config: Config, image: ValidatedImage, out_dir: str | None = None) -> TrainOutcome:
+    """models.singan.fit on the validated image (config.singan) inside one MLflow run of experiment `singan`.
+
+    Progress goes to the Prefect run logger (one line per singan.log_every iterations) and a progress artifact;
+    metrics per global iteration to MLflow; after every scale the checkpoint (singan.pt) is written to out_dir
+    (default $TRANSSRGAN_HOME/runs/singan-<flow run name>) and logged under checkpoints/, with a grid of that
+    scale's samples under samples/.
+    """
+    log = get_run_logger()
+    configure_tracking()
+    config = config.updated({"singan.image": image.path})
+    run_name = _run_name()
+    out = _run_folder(out_dir, f"singan-{run_name}")
+    state = None if out_dir else _own_singan(out / SINGAN_CHECKPOINT, config, log.info)
+    tags = {TAG_IMAGE: image_slug(image.name), TAG_IMAGE_SOURCE: image.source, TAG_IMAGE_FINGERPRINT: image.sha256,
+            TAG_PIPELINE: RUNNING, TAG_FLOW_RUN: str(flow_run.id or "")}
+    with start_training_run(config, experiment=SINGAN, run_name=run_name, tags=tags,
+                            dataset_fingerprint=image.gate.fingerprint, dataset_size=image.gate.n_valid) as run:
+        log_gate_reports(image.gate)
+        t0 = time.perf_counter()
+        log.info(f"training SinGAN ({config.preset} preset) on {image.source}; MLflow run {run.info.run_id}")
+        with SinGANSink(run.info.run_id, checkpoint_dir=out, print_fn=log.info) as sink:
+            progress = _progress("singan-training-progress", "SinGAN training: iterations done / total", 0, 1)
+
+            def on_log(s: SinGANState, m: dict[str, float]) -> None:
+                sink.on_log(s, m)
+                progress(m["step"] / max(s.num_scales * s.config.iters_per_scale, 1))
+
+            state = fit(config.singan, state=state, on_log=on_log, on_scale_end=sink.on_scale_end, print_fn=log.info)
+        wall = time.perf_counter() - t0
+        if not state.done:
+            raise RuntimeError(f"SinGAN training stopped after {state.trained_scales}/{state.num_scales} scales")
+        log_singan(state)
+        mlflow.log_metric("train_wall_s", wall)
+        last = {k: float(v) for k, v in (state.history[-1] if state.history else {}).items()}
+        ckpt = out / SINGAN_CHECKPOINT
+        log.info(f"trained {state.num_scales} scales in {wall:.0f}s; checkpoint {ckpt}")
+        return TrainOutcome(run.info.run_id, str(ckpt), str(out), wall, last,
+                            sizes=[list(s) for s in state.sizes])

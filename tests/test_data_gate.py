@@ -3,9 +3,11 @@
 import csv
 import json
 import os
-from dataclasses import asdict, replace
+import shutil
+from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -105,12 +107,13 @@ def test_data_docs_are_written(gate):
 
 
 def test_dataset_failure_names_expectations_and_counts(bad_root, gate, tmp_path):
-    strict = replace(LENIENT, max_bad_fraction=0.2, min_images=100)
+    strict = LENIENT.model_copy(update={"max_bad_fraction": 0.2, "min_images": 100})
     with pytest.raises(DataGateError) as info:
         run_data_gate(str(bad_root), tmp_path, strict, resolution=32)
     msg = str(info.value)
     assert f"valid images >= data.min_images (100): {gate.n_valid}" in msg
-    assert "data.max_bad_fraction (0.2)" in msg and f"({gate.n_quarantined} of {gate.n_files})" in msg
+    assert "data.max_bad_fraction (0.2)" in msg and f"({gate.n_bad} of {gate.n_files})" in msg
+    assert gate.n_bad == gate.n_quarantined - 1                   # zz_dup.png is a duplicate, not a bad file
     res = info.value.result
     assert not res.passed and len(res.failed_expectations) == 2
     assert res.fingerprint == gate.fingerprint                    # same valid files, same settings
@@ -159,3 +162,104 @@ def test_bad_usage_exits_2(args, needle, capsys):
     err = capsys.readouterr().err
     assert code == 2, err
     assert needle in err and len(err.strip().splitlines()) == 1, err
+
+
+# ---------------------------------------------------------------- duplicates: kept out of training, not "bad"
+
+def _with_copies(root: Path, unique: int, copies: int) -> Path:
+    """`unique` distinct noise images, then `copies` exact copies of them (round robin) under other names."""
+    rng = np.random.default_rng(3)
+    root.mkdir(parents=True)
+    for i in range(unique):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"a_{i:02d}.png")
+    for j in range(copies):
+        shutil.copy(root / f"a_{j % unique:02d}.png", root / f"b_copy_{j:02d}.png")
+    return root
+
+
+def test_duplicates_train_once_are_reported_and_do_not_count_as_bad_files(tmp_path, capsys):
+    root = _with_copies(tmp_path / "faces", unique=10, copies=6)     # 6 of 16 = 0.375 > max_bad_fraction 0.2
+    data = DataConfig(min_images=5, gate_workers=1)
+    gate = run_data_gate(str(root), tmp_path / "gate", data, resolution=32)
+    assert gate.passed and (gate.n_files, gate.n_valid, gate.n_duplicates, gate.n_bad) == (16, 10, 6, 0)
+    assert gate.quarantined_by_reason == {"duplicate": 6}
+    table = pq.read_table(gate.manifest_path)
+    assert len(set(table.column("sha256").to_pylist())) == table.num_rows == 10       # one copy of each trains
+    assert all(Path(p).name.startswith("a_") for p in table.column("path").to_pylist())  # the first by relpath
+    assert load_dataset(gate.manifest_path, resolution=16, channels=1).images.shape[0] == 10
+    unique = next(c for c in gate.checks if c["check"] == "unique")
+    # GX flags every copy (12 files in 6 groups); 6 are kept, 6 quarantined: the counts read together
+    assert unique["unexpected_count"] == 12
+    assert unique["note"] == "12 file(s) share their bytes with another (6 group(s)): 6 kept, one per group; " \
+                             "6 duplicate(s) quarantined"
+    observed = {c["check"]: c["observed_value"] for c in gate.checks if c["suite"] == "dataset"}
+    assert observed["max_bad_fraction"] == 0 and observed["max_duplicate_fraction"] == pytest.approx(6 / 16)
+    assert main(["validate", str(root), "--out", str(tmp_path / "cli"), "--min-images", "5"]) == 0
+    printed = capsys.readouterr().out
+    assert "10 unique image(s); these train" in printed and "duplicate copies: 6" in printed
+    assert "6 duplicate(s) quarantined" in printed
+
+
+def test_too_many_duplicates_fail_naming_their_own_threshold(tmp_path):
+    root = _with_copies(tmp_path / "faces", unique=4, copies=6)      # 6 of 10 = 0.6 > the default 0.5
+    with pytest.raises(DataGateError) as info:
+        run_data_gate(str(root), tmp_path / "gate", DataConfig(min_images=2, gate_workers=1), resolution=32)
+    msg = str(info.value)
+    assert "duplicate fraction <= data.max_duplicate_fraction (0.5): 0.600 (6 extra copies among 10 files)" in msg
+    assert "max_bad_fraction" not in msg
+    strict = DataConfig(min_images=2, gate_workers=1, max_duplicate_fraction=0.3)
+    root2 = _with_copies(tmp_path / "few", unique=10, copies=4)      # 4 of 14 = 0.286 passes at 0.3 ...
+    assert run_data_gate(str(root2), tmp_path / "gate2", strict, resolution=32).passed
+    with pytest.raises(DataGateError, match=r"data.max_duplicate_fraction \(0.2\)"):   # ... not at 0.2
+        run_data_gate(str(root2), tmp_path / "gate3", strict.model_copy(update={"max_duplicate_fraction": 0.2}),
+                      resolution=32)
+
+
+# ---------------------------------------------------------------- a gate's manifest.parquet as the data source
+
+def test_a_manifest_is_the_validated_dataset_rechecked_cheaply(tmp_path):
+    from tasks.pipeline import stat_fingerprint
+
+    root = _with_copies(tmp_path / "faces", unique=8, copies=2)
+    data = DataConfig(min_images=2, gate_workers=1)
+    first = run_data_gate(str(root), tmp_path / "gate", data, resolution=32)
+    again = run_data_gate(first.manifest_path, tmp_path / "again", data, resolution=32)
+    assert again.passed and again.source == first.manifest_path
+    assert (again.n_files, again.n_valid, again.fingerprint) == (8, 8, first.fingerprint)
+    assert pq.read_table(again.manifest_path).column("path").to_pylist() == \
+        pq.read_table(first.manifest_path).column("path").to_pylist()
+    key = stat_fingerprint(first.manifest_path)
+    assert key is not None and key == stat_fingerprint(first.manifest_path)
+
+    (root / "a_00.png").unlink()                                     # the folder changed since the gate ran
+    with open(root / "a_01.png", "ab") as fh:
+        fh.write(b"appended")
+    assert stat_fingerprint(first.manifest_path) != key
+    changed = run_data_gate(first.manifest_path, tmp_path / "again", data, resolution=32)
+    reasons = {Path(p).name: r for p, r in read_quarantine(changed.quarantine_path).items()}
+    assert reasons["a_00.png"].startswith("missing:") and reasons["a_01.png"].startswith("changed:")
+    assert changed.n_valid == 6
+    # the current settings decide: the same manifest at a larger resolution quarantines every image
+    with pytest.raises(DataGateError, match="valid images >= data.min_images"):
+        run_data_gate(first.manifest_path, tmp_path / "at64", data, resolution=64)
+
+
+def test_a_parquet_that_is_not_a_gate_manifest_is_refused(tmp_path, capsys):
+    import pyarrow as pa
+
+    pq.write_table(pa.table({"path": ["x.png"]}), tmp_path / "other.parquet")
+    with pytest.raises(ValueError, match="not a manifest.parquet written by `transsrgan validate`"):
+        run_data_gate(str(tmp_path / "other.parquet"), tmp_path / "gate", LENIENT, resolution=32)
+    assert main(["validate", str(tmp_path / "other.parquet"), "--out", str(tmp_path / "gate")]) == 2
+    assert "PATH" in capsys.readouterr().err
+
+
+def test_train_accepts_the_manifest_that_validate_wrote(tmp_path, capsys):
+    root = _with_copies(tmp_path / "faces", unique=8, copies=0)
+    assert main(["validate", str(root), "--out", str(tmp_path / "gate"), "--min-images", "2"]) == 0
+    capsys.readouterr()
+    manifest = str(tmp_path / "gate" / "manifest.parquet")
+    assert main(["train", "--preset", "tiny", "--data", manifest, "--dry-run"]) == 0
+    assert json.loads(capsys.readouterr().out)["data"]["source"] == manifest
+    gate = run_data_gate(manifest, tmp_path / "flow-gate", DataConfig(min_images=2), resolution=16)
+    assert gate.passed and load_dataset(gate.manifest_path, 16, 1).images.shape == (8, 1, 16, 16)

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from test_flow import write_digits  # tests/ is on sys.path (pytest rootdir conftest)
 
-from tasks.services import Service, prefect_server
+from chaos.services import Service, prefect_server
 
 BIN = Path(sys.executable).parent
 

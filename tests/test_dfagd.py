@@ -7,7 +7,7 @@ from models.config import resolve_config
 from models.data import load_dataset
 from models.step import build_state, get_flat
 from models.trainer import LocalGradSource, train
-from spark_training.dfagd import DFAGDStats, train_dfagd
+from spark_training.dfagd import DFAGDHooks, DFAGDStats, train_dfagd
 
 STEPS = 3
 
@@ -74,22 +74,34 @@ def test_callbacks_and_history_like_the_reference(spark, digits16):
 @pytest.mark.slow
 def test_failed_task_is_retried_and_counted_once(spark, digits16, reference):
     ref, _ = reference
+    from chaos.faults import FailOnce
+
     stats = DFAGDStats()
-    state = train_dfagd(cfg(2, **{"spark.fail_once_partition": 1}), spark=spark, data=digits16, print_fn=None,
-                        stats_out=stats)
-    assert stats.reconnects >= 1, "the injected failure did not make a worker reconnect"
+    state = train_dfagd(cfg(2), spark=spark, data=digits16, print_fn=None, stats_out=stats,
+                        hooks=DFAGDHooks(on_request=FailOnce(worker=1)))
+    assert stats.reconnects >= 1, "the failed task did not make a worker reconnect"
     assert stats.iterations == STEPS
     _assert_same_weights(state, ref)
 
 
-def test_speedup_probe_times_n_workers_and_one_side_by_side(spark, digits16):
-    from spark_training.speedup_probe import probe_config, speedup_probe
+def test_speedup_probe_times_n_workers_and_one_side_by_side(spark, digits16, monkeypatch):
+    """The probe's numbers are two real DFAGD jobs' timings (N workers, then 1), not one job's or a formula's."""
+    from spark_training import speedup_probe as sp
 
-    c = cfg(2, **{"spark.chaos_kill": "", "train.log_every": 5})
-    single = probe_config(c, 3, single=True)
-    assert (single.spark.workers, single.partitions, single.train.log_every) == (1, 1, 0)
-    assert single.train.batch_size == c.train.batch_size and single.model == c.model
-    p = speedup_probe(spark, c, digits16, steps=2)
-    assert p["dfagd_s_per_iter"] > 0 and p["dfagd_1_worker_s_per_iter"] > 0
-    assert p["speedup_vs_1_worker"] == pytest.approx(p["dfagd_1_worker_s_per_iter"] / p["dfagd_s_per_iter"])
-    assert p["efficiency"] == pytest.approx(p["speedup_vs_1_worker"] / 2)
+    timed: list[tuple[int, int, int, int, float, int]] = []   # (workers, partitions, log_every, images, wall, its)
+    real = sp.time_dfagd
+
+    def spy(session, job, data, warmup, steps):
+        wall, breakdown, stats = real(session, job, data, warmup, steps)
+        timed.append((job.spark.workers, job.partitions, job.train.log_every, len(data), wall, stats.iterations))
+        return wall, breakdown, stats
+
+    monkeypatch.setattr(sp, "time_dfagd", spy)
+    c = cfg(2, **{"train.log_every": 5})
+    p = sp.speedup_probe(spark, c, digits16, steps=2)
+    assert [t[:4] for t in timed] == [(2, 2, 0, 64), (1, 1, 0, 64)]   # 64 = batch 16 x (1 warm-up + 2 + 1)
+    assert [t[5] for t in timed] == [2, 2]                           # each job timed exactly its 2 iterations
+    wall_n, wall_1 = timed[0][4], timed[1][4]
+    assert (p["dfagd_s_per_iter"], p["dfagd_1_worker_s_per_iter"]) == (wall_n / 2, wall_1 / 2)
+    assert p["speedup_vs_1_worker"] == pytest.approx(wall_1 / wall_n)
+    assert p["efficiency"] == pytest.approx(wall_1 / wall_n / 2)

@@ -8,16 +8,16 @@ import time
 import pytest
 import torch
 
+from benchmarks.cost_model import Measurement, bytes_per_worker, fit, predict_grid
 from models.config import ConfigError, SparkConfig, resolve_config
 from models.data import load_dataset
 from models.step import G_PHASE, build_state, get_flat
 from models.trainer import LocalGradSource, train
-from spark_training.cost_model import CostModel, Measurement, bytes_per_worker, fit, predict_grid
 from spark_training.dfagd import SparkGradSource, shard, validate_dfagd
 from spark_training.exchange import Message, ProtocolError, mean_of, recv_message, send_message
 from spark_training.reduction import ReductionServer
 from spark_training.session import check_settings
-from spark_training.worker import InjectedFailure, PartitionWorker, WorkerSpec, owned_partitions, serve
+from spark_training.worker import PartitionWorker, WorkerSpec, owned_partitions, serve
 
 
 @pytest.fixture(scope="module")
@@ -82,10 +82,12 @@ def test_partition_average_matches_global_batch_gradient(digits16, phase):
 
 # -- reduction server with thread workers (what Spark's stage retry does, without Spark) ---------------------
 def _thread_dfagd(c, data, fail: int = -1):
+    from chaos.faults import FailOnce, TaskFailure
     from models.data import ImageSet
 
     server = ReductionServer("127.0.0.1", c.spark.workers, c.spark.exchange_dtype)
-    spec = WorkerSpec(c.to_dict(), "127.0.0.1", server.port, len(data), c.spark.workers, fail_once_partition=fail)
+    spec = WorkerSpec(c.to_dict(), "127.0.0.1", server.port, len(data), c.spark.workers,
+                      on_request=FailOnce(fail) if fail >= 0 else None)
     blocks = {w: {p: ImageSet(x, y, "t") for p, (x, y) in parts.items()} for w, parts in shard(data, c)}
     errors: list[BaseException] = []
 
@@ -94,7 +96,7 @@ def _thread_dfagd(c, data, fail: int = -1):
             try:
                 serve(spec, w, blocks[w], torch.get_num_threads())
                 return
-            except InjectedFailure:
+            except TaskFailure:
                 continue
             except BaseException as exc:  # noqa: BLE001
                 errors.append(exc)
@@ -167,24 +169,97 @@ def test_oversubscription_warns():
 
 
 # -- cost model ----------------------------------------------------------------------------------------------
-def test_cost_model_fit_recovers_parameters_and_scales_sensibly():
-    true = CostModel(64, 3, 45e6, c0=0.2, c_img=0.1, x0=0.01, x1=0.02, s0=0.05, s1=0.03)
-    ms = []
-    for n in (1, 2, 4):
-        comp = true.c0 + true.c_img * 64 / n
-        ms.append(Measurement(n, comp, true.x0 + true.x1 * n, true.s0 + true.s1 * math.log2(n)))
-    got = fit(ms, 64, 3, 45e6)
-    for k in ("c0", "c_img", "x0", "x1", "s0", "s1"):
-        assert getattr(got, k) == pytest.approx(getattr(true, k), abs=1e-9)
+# Measured per-iteration breakdowns (s) of `bench speedup --preset demo --workers 1,2 --steps 20` (docs/dfagd.md):
+# global batch 32, 3 reductions per iteration, 13.4 MB per worker.
+DEMO_RUNS = [Measurement(1, compute_s=0.640, exchange_s=0.008, scheduling_s=0.016),
+             Measurement(2, compute_s=0.320, exchange_s=0.014, scheduling_s=0.013)]
+
+
+def test_cost_model_fit_on_measured_runs():
+    got = fit(DEMO_RUNS, 32, 3, 13.4e6)
+    # by hand: compute halves with half the images -> 0.02 s/image, no intercept; exchange 0.008 -> 0.014 is
+    # 0.002 + 0.006 N; scheduling fell (0.016 -> 0.013): a negative slope is noise, so s1 = 0, s0 = the mean
+    assert got.c_img == pytest.approx(0.02) and got.c0 == pytest.approx(0.0, abs=1e-12) and got.c0 >= 0
+    assert (got.x0, got.x1) == (pytest.approx(0.002), pytest.approx(0.006))
+    assert (got.s0, got.s1) == (pytest.approx(0.0145), 0.0)
+    # fitted s/iter 0.6625 and 0.3485 against measured 0.664 and 0.347: 0.0015 s off each way
+    assert got.residual_s == pytest.approx(0.0015)
+    assert any("residual" in a for a in got.assumptions())
     preds = {(p["executors"], p["network_gbit"]): p for p in predict_grid(got)}
     assert set(preds) == {(n, g) for n in (8, 32, 128) for g in (1, 10)}
     for n in (8, 32, 128):
-        assert preds[(n, 10)]["speedup"] >= preds[(n, 1)]["speedup"]
-        assert 0 < preds[(n, 10)]["efficiency"] <= 1
-    assert preds[(8, 10)]["efficiency"] >= preds[(128, 10)]["efficiency"]
-    assert got.assumptions() and got.predict(1, 10)["speedup"] == pytest.approx(1.0)
+        assert preds[(n, 10)]["speedup"] >= preds[(n, 1)]["speedup"]      # a faster link never hurts
+    assert got.predict(1, 10)["speedup"] == pytest.approx(1.0)
+
+
+def test_cost_model_clamps_a_negative_compute_intercept():
+    # superlinear: 2 workers took less than half (cache effects); the line 0.02125 x - 0.04 would say that a
+    # worker with no images computes for -0.04 s. Clamped: through the origin, c_img = (32*0.64 + 16*0.30) /
+    # (32^2 + 16^2) = 0.01975.
+    runs = [Measurement(1, 0.640, 0.0, 0.0), Measurement(2, 0.300, 0.0, 0.0)]
+    got = fit(runs, 32, 3, 1e6)
+    assert got.c0 == 0.0 and got.c_img == pytest.approx(0.01975)
+    assert got.residual_s == pytest.approx(math.sqrt(((0.632 - 0.640) ** 2 + (0.316 - 0.300) ** 2) / 2))
+
+
+def test_cost_model_fits_cpu_time_when_measured():
+    # a shared machine (docs/dfagd.md, run 3): wall-clock compute grew with 2 workers, their CPU time halved
+    runs = [Measurement(1, 1.45, 0.02, 0.03, compute_cpu_s=1.17), Measurement(2, 1.90, 0.02, 0.03, compute_cpu_s=0.60)]
+    got = fit(runs, 32, 3, 1e6)
+    assert got.c_img == pytest.approx(0.57 / 16) and got.c0 == pytest.approx(0.03)
 
 
 def test_bytes_per_worker_counts_weights_out_and_gradients_back():
     assert bytes_per_worker(10, 5, 2) == (10 + 2 * 5) * 8
     assert bytes_per_worker(10, 5, 2, "bfloat16") == (10 + 2 * 5) * 6
+
+
+# -- speed-up probe (its timed jobs faked: the Spark runs are in test_dfagd.py) ------------------------------
+def _fake_jobs(monkeypatch, walls: dict[int, float]) -> list[tuple[int, int, int, int]]:
+    """time_dfagd answers walls[workers] seconds; returns the (workers, partitions, images, steps) it was asked."""
+    from spark_training import speedup_probe as sp
+
+    asked: list[tuple[int, int, int, int]] = []
+
+    def fake(session, job, data, warmup, steps):
+        asked.append((job.spark.workers, job.partitions, len(data), steps))
+        return walls[job.spark.workers], {}, None
+
+    monkeypatch.setattr(sp, "time_dfagd", fake)
+    return asked
+
+
+def test_speedup_probe_reports_the_two_jobs_timings(monkeypatch, digits16):
+    from spark_training.speedup_probe import speedup_probe
+
+    asked = _fake_jobs(monkeypatch, {2: 1.0, 1: 1.6})             # 4 iterations each: 0.25 and 0.4 s/iter
+    p = speedup_probe(None, cfg(**{"spark.workers": 2}), digits16, steps=4)
+    assert asked == [(2, 2, 96, 4), (1, 1, 96, 4)]                 # 96 = batch 16 x (1 warm-up + 4 + 1)
+    assert p == {"dfagd_s_per_iter": 0.25, "dfagd_1_worker_s_per_iter": 0.4, "speedup_vs_1_worker": 1.6,
+                 "efficiency": 0.8}
+    with pytest.raises(ValueError, match="steps"):
+        speedup_probe(None, cfg(**{"spark.workers": 2}), digits16, steps=0)
+
+
+def test_measure_speedup_runs_on_a_session_of_its_own(monkeypatch):
+    import contextlib
+
+    from spark_training import speedup_probe as sp
+
+    sessions: list[str] = []
+
+    @contextlib.contextmanager
+    def fake_session(spark_cfg, app_name):
+        sessions.append(f"start {spark_cfg.master}")
+        yield "session"
+        sessions.append("stop")
+
+    monkeypatch.setattr(sp, "spark_session", fake_session)
+    asked = _fake_jobs(monkeypatch, {2: 3.0, 1: 4.5})
+    c = cfg(**{"spark.workers": 2, "spark.speedup_probe_steps": 3})
+    p = sp.measure_speedup(c)                                       # loads only the 80 images the probe reads
+    assert sessions == ["start local[2]", "stop"] and asked == [(2, 2, 80, 3), (1, 1, 80, 3)]
+    assert p["speedup_vs_1_worker"] == 1.5 and p["dfagd_s_per_iter"] == 1.0
+    assert sp.measure_speedup(cfg(**{"spark.workers": 1})) == {}             # nothing to compare: no session
+    assert sp.measure_speedup(c.updated({"spark.speedup_probe_steps": 0})) == {}
+    assert sessions == ["start local[2]", "stop"]

@@ -4,15 +4,8 @@ import mlflow
 import pytest
 
 from models.config import resolve_config
-from tasks.retrain import (
-    COMPLETED,
-    TAG_CONFIG_HASH,
-    TAG_FINGERPRINT,
-    TAG_PIPELINE,
-    TAG_VERSION,
-    config_hash,
-    decide_retrain,
-)
+from tasks.runs import config_hash, decide_retrain
+from tasks.tags import COMPLETED, TAG_CONFIG_HASH, TAG_FINGERPRINT, TAG_PIPELINE, TAG_VERSION
 from tasks.tracking import configure_tracking, ensure_experiment
 
 EXP = "retrain-test"
@@ -49,6 +42,8 @@ def test_config_hash_ignores_the_data_path_but_not_the_settings():
     assert config_hash(a) == config_hash(resolve_config("tiny", {"data.source": "/elsewhere"}))
     assert config_hash(a) != config_hash(resolve_config("tiny", {"train.steps": 21}))
     assert config_hash(a) != config_hash(resolve_config("tiny", {"data.limit": 100}))
+    # only the sections of the config's model family count: SinGAN settings never retrain a TransSRGAN
+    assert config_hash(a) == config_hash(resolve_config("tiny", {"singan.iters_per_scale": 7}))
 
 
 def test_first_run_trains(store):

@@ -3,8 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from models.config import EvalConfig
+from models.grid import make_grid, save_png
 from models.metrics import METRICS, InceptionWeightsError, primary_metric_name
 from models.metrics import inception as inc
 from models.metrics.cache import cache_path, load_real, save_real
@@ -155,7 +157,7 @@ def test_cache_roundtrip_and_key(tmp_path):
     save_real(p, f, f.mean(0), np.eye(4))
     feats, mu, sigma = load_real(p)
     assert np.array_equal(feats, f) and sigma.shape == (4, 4)
-    assert not list(tmp_path.glob(".tmp-*"))
+    assert [q.name for q in tmp_path.iterdir()] == [p.name]           # written atomically, no temp file
     p.write_bytes(b"garbage")
     assert load_real(p) is None
 
@@ -169,6 +171,10 @@ def test_pictures(tmp_path):
     assert save_loss_curves(history, tmp_path / "loss.png").stat().st_size > 1000
     with pytest.raises(ValueError, match="history"):
         save_loss_curves([{"step": 0.0}], tmp_path / "none.png")
+    png = save_png(make_grid(np.zeros((4, 8, 8, 3), np.uint8)), tmp_path / "grid.png", scale=2)
+    with Image.open(png) as im:
+        assert im.format == "PNG" and im.size == (44, 44)              # 2x2 tiles of 8 px, 2 px padding, x2
+    assert not list(tmp_path.glob(".*"))                               # atomic writes left no temp file
 
 
 # ------------------------------------------------------------------ weights policy

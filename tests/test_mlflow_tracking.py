@@ -29,16 +29,16 @@ def store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_run(store, tmp_path_factory):
-    """A 4-step tiny training run through MlflowSink, with the EMA generator logged; returns (run_id, config)."""
+    """A 4-step tiny training run through GANSink, with the EMA generator logged; returns (run_id, config)."""
     import mlflow
 
     from models.config import resolve_config
     from models.data import load_dataset
     from models.step import build_state
     from models.trainer import LocalGradSource, train
-    from tasks.mlflow_sink import MlflowSink
     from tasks.model_io import log_generator
     from tasks.tracking import start_training_run
+    from tasks.train import GANSink
 
     cfg = resolve_config("tiny", {"train.steps": 4, "train.log_every": 2, "train.sample_every": 2,
                                   "train.checkpoint_every": 4, "data.limit": 64})
@@ -49,7 +49,7 @@ def tiny_run(store, tmp_path_factory):
     try:
         with start_training_run(cfg, experiment="t_tracking", run_name="tiny", tags={"engine": "local"},
                                 dataset_fingerprint="fp-abc", dataset_size=len(data)) as run:
-            with MlflowSink(run.info.run_id, sample_n=4, checkpoint_dir=tmp_path_factory.mktemp("ckpt")) as sink:
+            with GANSink(run.info.run_id, sample_n=4, checkpoint_dir=tmp_path_factory.mktemp("ckpt")) as sink:
                 train(state, LocalGradSource(data, cfg), print_fn=None, **sink.callbacks())
                 sink.log_metrics({"speedup_vs_1_worker": 1.5, "efficiency": 0.75})
             log_generator(state, cfg)
@@ -150,13 +150,73 @@ def test_generator_round_trip_without_pickles(tiny_run):
         assert torch.equal(G(z), expected)
     local = Path(mlflow.artifacts.download_artifacts(f"runs:/{run_id}/generator"))
     assert not list(local.rglob("*.pkl")), "nothing in the logged model may be a pickle"
-    assert (local / "generator_pyfunc.py").is_file() and (local / "code" / "models" / "transsrgan.py").is_file()
+    assert (local / "pyfunc.py").is_file() and (local / "code" / "models" / "transsrgan.py").is_file()
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/generator")
     out = pyfunc.predict(z.numpy())
     assert out.shape == (3, cfg.model.channels, cfg.model.resolution, cfg.model.resolution)
     np.testing.assert_allclose(out, expected.numpy(), atol=1e-6)
     sig = pyfunc.metadata.signature
     assert sig.inputs.inputs[0].shape == (-1, cfg.model.z_dim)
+
+
+@pytest.fixture(scope="module")
+def singan_run(store):
+    """A tiny SinGAN pyramid (one iteration per scale on a random 24x30 image) logged in its own run."""
+    import mlflow
+    import torch
+
+    from models.config import resolve_config
+    from models.singan import fit, init_state
+    from tasks.model_io import log_singan
+    from tasks.tracking import ensure_experiment
+
+    cfg = resolve_config("tiny", {"singan.iters_per_scale": 1, "singan.log_every": 0}).singan
+    image = torch.rand((1, 3, 24, 30), generator=torch.Generator().manual_seed(0)) * 2 - 1
+    state = fit(cfg, state=init_state(image, cfg), print_fn=None)
+    with mlflow.start_run(experiment_id=ensure_experiment("t_singan_store")) as run:
+        log_singan(state)
+    return run.info.run_id, state
+
+
+def test_one_loader_for_both_families(tiny_run, singan_run, tmp_path):
+    import mlflow
+    import pandas as pd
+    import torch
+
+    from models.singan import SinGANState, sample
+    from tasks.model_io import (
+        ModelNotFoundError,
+        load_generator,
+        load_model,
+        load_singan_model,
+        write_samples,
+    )
+
+    run_id, state = singan_run
+    uri = f"runs:/{run_id}/singan"
+    model = load_model(uri)
+    assert isinstance(model, SinGANState) and model.sizes == state.sizes
+    with torch.no_grad():
+        assert torch.equal(sample(model, 2, 5), sample(state, 2, 5))
+    assert isinstance(load_singan_model(uri), SinGANState)
+    with pytest.raises(ModelNotFoundError, match="a SinGAN pyramid, not a generator"):
+        load_generator(uri)
+    G = load_model(f"runs:/{tiny_run[0]}/generator")
+    assert not isinstance(G, SinGANState) and G.config.to_dict() == tiny_run[1].to_dict()
+    with pytest.raises(ModelNotFoundError, match="a generator, not a SinGAN"):
+        load_singan_model(f"runs:/{tiny_run[0]}/generator")
+
+    # Sampling: any size for a SinGAN, one size for a generator.
+    _, _, size = write_samples(model, 2, tmp_path / "wide.png", height=20, width=50, each_dir=tmp_path / "each")
+    assert size == (20, 50) and len(list((tmp_path / "each").glob("*.png"))) == 2
+    with pytest.raises(ValueError, match="only a SinGAN takes an output size"):
+        write_samples(G, 2, tmp_path / "g.png", scale_w=2.0)
+
+    # The same pyfunc file serves both: a SinGAN takes seeds, row s equals sample(state, 1, seed=s).
+    h, w = state.sizes[-1]
+    pred = mlflow.pyfunc.load_model(uri).predict(pd.DataFrame({"seed": [7]}))
+    assert pred.shape == (1, 3, h, w)
+    np.testing.assert_allclose(pred[0], sample(state, 1, 7)[0].numpy(), atol=1e-5)
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,8 @@ def _tags(model, version):
 def test_lower_is_better_by_metric_name():
     from tasks.registry import lower_is_better
 
-    assert all(map(lower_is_better, ["fid", "kid", "fd_inception_random", "kd_inception_random"]))
+    assert all(map(lower_is_better, ["fid", "kid", "fd_inception_random", "kd_inception_random", "sifid",
+                                     "sifid_inception_random"]))
     assert not any(map(lower_is_better, ["precision", "recall", "density", "coverage", "recall_inception_random"]))
     with pytest.raises(ValueError, match="unknown direction"):
         lower_is_better("mystery")
@@ -59,14 +60,14 @@ def test_register_version_tags_metrics_extractor_fingerprint(run_id):
     tags = _tags("t_tags", v)
     assert tags["metric.fid"] == "12.5" and tags["metric.recall"] == "0.5"
     assert tags["feature_extractor"] == "inception_v3" and tags["dataset_fingerprint"] == "fp1"
-    assert tags["run_id"] == run_id
+    assert tags["run_id"] == run_id and tags["model_family"] == "t_tags"
 
 
 def test_register_rejects_a_run_without_that_model(run_id):
     from tasks.registry import register_version
 
     with pytest.raises(LookupError, match="no logged model named 'nope'"):
-        register_version(run_id, "t_missing", {"fid": 1.0}, "inception_v3", "fp1", artifact_path="nope")
+        register_version(run_id, "t_missing", {"fid": 1.0}, "inception_v3", "fp1", artifact="nope")
 
 
 def test_promotion_rules_first_better_worse_margin(run_id):
@@ -124,10 +125,23 @@ def test_different_fingerprint_or_extractor_is_not_compared(run_id, kw, what):
     assert what in _tags(m, v1)[f"promotion.v{v2}.reason"]
 
 
+def _slow_policy(after_decide):
+    """The global policy, but `after_decide` runs between reading the champion and writing the aliases."""
+    from tasks.registry import GLOBAL, PromotionPolicy
+
+    class Slow(PromotionPolicy):
+        def decide(self, *args, **kwargs):
+            out = super().decide(*args, **kwargs)
+            after_decide()
+            return out
+
+    return Slow(comparable_on=GLOBAL.comparable_on)
+
+
 @pytest.mark.parametrize("use_lock", [True, False], ids=["file-lock", "converge-only"])
 def test_concurrent_promotions_end_on_the_better_model(run_id, use_lock):
     """The worse promoter reads the old champion first and writes last: without a mechanism it would win."""
-    from tasks.registry import promote
+    from tasks.registry import GLOBAL, promote
 
     m = f"t_race_{use_lock}"
     v1 = _version(run_id, m, 20.0)
@@ -136,9 +150,9 @@ def test_concurrent_promotions_end_on_the_better_model(run_id, use_lock):
     worse_has_read = threading.Event()
     results, errors = {}, []
 
-    def run(version, hook):
+    def run(version, policy):
         try:
-            results[version] = promote(m, version, "fid", use_lock=use_lock, _after_read=hook)
+            results[version] = promote(m, version, "fid", use_lock=use_lock, policy=policy)
         except Exception as exc:   # surfaced below
             errors.append(exc)
 
@@ -146,8 +160,8 @@ def test_concurrent_promotions_end_on_the_better_model(run_id, use_lock):
         worse_has_read.set()
         time.sleep(1.0)                                   # the better one runs meanwhile (if it can)
 
-    t_worse = threading.Thread(target=run, args=(worse, slow_worse))
-    t_better = threading.Thread(target=run, args=(better, None))
+    t_worse = threading.Thread(target=run, args=(worse, _slow_policy(slow_worse)))
+    t_better = threading.Thread(target=run, args=(better, GLOBAL))
     t_worse.start()
     assert worse_has_read.wait(60)
     t_better.start()
@@ -159,6 +173,33 @@ def test_concurrent_promotions_end_on_the_better_model(run_id, use_lock):
     worse_tags = _tags(m, worse)   # lost outright, or won against v1 first and was then replaced
     assert (worse_tags["promotion.decision"] == "challenger"
             or worse_tags[f"promotion.v{better}.decision"] == f"replaced by v{better}"), worse_tags
+
+
+def test_without_the_guard_the_race_is_real(run_id, monkeypatch):
+    """The same race with no lock and no converge step leaves the worse version as champion: the test above can
+    fail, and what makes it pass is the guard."""
+    import tasks.registry as registry
+
+    m = "t_race_unguarded"
+    v1 = _version(run_id, m, 20.0)
+    registry.promote(m, v1, "fid")
+    better, worse = _version(run_id, m, 5.0), _version(run_id, m, 8.0)
+    monkeypatch.setattr(registry, "converge", lambda client, name, policy, scope, metric, lower:
+                        registry.by_alias(client, name, policy.champion_alias(scope)))
+    worse_has_read, better_done = threading.Event(), threading.Event()
+
+    def slow_worse():
+        worse_has_read.set()
+        assert better_done.wait(60)
+
+    t_worse = threading.Thread(target=registry.promote, args=(m, worse, "fid"),
+                               kwargs={"use_lock": False, "policy": _slow_policy(slow_worse)})
+    t_worse.start()
+    assert worse_has_read.wait(60)
+    registry.promote(m, better, "fid", use_lock=False)
+    better_done.set()
+    t_worse.join(120)
+    assert _aliases(m)["champion"] == worse
 
 
 @pytest.mark.slow
@@ -175,10 +216,11 @@ def test_concurrent_promotions_in_two_processes(run_id, tmp_path):
     v1 = _version(run_id, m, 20.0)
     promote(m, v1, "fid")
     better, worse = _version(run_id, m, 5.0), _version(run_id, m, 8.0)
-    code = ("import sys, time, mlflow; from tasks.tracking import configure_tracking; "
-            "from tasks.registry import promote; configure_tracking(sys.argv[1]); "
-            "d = promote(sys.argv[2], sys.argv[3], 'fid', _after_read=lambda: time.sleep(float(sys.argv[4]))); "
-            "print(d)")
+    # Each process widens its own race window: the policy's decide() sleeps before the aliases are written.
+    code = ("import sys, time; import tasks.registry as r; from tasks.tracking import configure_tracking; "
+            "configure_tracking(sys.argv[1]); decide = r.PromotionPolicy.decide; "
+            "r.PromotionPolicy.decide = lambda *a, **k: (decide(*a, **k), time.sleep(float(sys.argv[4])))[0]; "
+            "print(r.promote(sys.argv[2], sys.argv[3], 'fid'))")
     uri = mlflow.get_tracking_uri()
     procs = [subprocess.Popen([sys.executable, "-c", code, uri, m, v, delay], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)

@@ -1,4 +1,4 @@
-"""Reliability pieces without servers: the tracking spool and sink, checkpoint-write failures, resume, chaos hooks."""
+"""Reliability pieces without servers: the tracking spool and sink, checkpoint-write failures, resume, faults."""
 
 import json
 import os
@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from models.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
-from models.config import ConfigError, resolve_config
+from models.config import resolve_config
 from models.data import load_dataset
 from models.step import build_state, get_flat
 from models.trainer import LocalGradSource, train
@@ -45,7 +45,7 @@ def tiny(**over):
 
 # -- the spool ---------------------------------------------------------------------------------------------
 def test_spool_keeps_unsent_records_across_reopen_and_survives_a_torn_line(tmp_path):
-    from tasks.mlflow_sink import Spool
+    from tasks.sink import Spool
 
     spool = Spool(tmp_path / "s.jsonl")
     for i in range(3):
@@ -69,7 +69,7 @@ def _new_run(name: str) -> str:
 def test_sink_delivers_everything_by_close_and_checkpoints_stay_local(sqlite_store, tmp_path, digits16):
     from mlflow.tracking import MlflowClient
 
-    from tasks.mlflow_sink import MlflowSink
+    from tasks.train import GANSink as MlflowSink
 
     run_id = _new_run("delivers")
     cfg = tiny(**{"train.steps": 6, "train.sample_every": 3, "train.checkpoint_every": 3})
@@ -88,8 +88,9 @@ def test_unreachable_store_never_blocks_training_and_the_next_sink_sends_the_bac
                                                                                    digits16, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from tasks.mlflow_sink import MlflowSink, TrackingUnavailable
-    from tasks.services import free_port
+    from chaos.services import free_port
+    from tasks.sink import TrackingUnavailable
+    from tasks.train import GANSink as MlflowSink
 
     run_id = _new_run("backlog")
     cfg = tiny(**{"train.steps": 5, "train.checkpoint_every": 5})
@@ -177,7 +178,7 @@ def test_checkpoint_write_fails_for_real_past_a_file_size_limit(tmp_path):
 
 # -- resume --------------------------------------------------------------------------------------------------------
 def test_resume_points_name_what_is_missing_or_different(tmp_path, monkeypatch):
-    from tasks.resume import ResumeError, config_differences, find_checkpoint, resume_point, write_run_record
+    from tasks.runs import ResumeError, config_differences, find_checkpoint, resume_point, write_run_record
 
     monkeypatch.setenv("TRANSSRGAN_HOME", str(tmp_path / "home"))
     with pytest.raises(ResumeError, match="no checkpoint under"):
@@ -205,42 +206,100 @@ def test_resume_refuses_config_flags(tmp_path, monkeypatch):
 
     monkeypatch.setenv("TRANSSRGAN_HOME", str(tmp_path))
     save_checkpoint(build_state(tiny()), tmp_path / "run" / "checkpoint.pt")
-    assert TrainParams(resume=str(tmp_path / "run")).to_config().train.steps == 20     # the checkpoint's config
-    with pytest.raises(ValidationError, match="drop steps"):
+    from tasks.runs import resume_point
+
+    TrainParams(resume=str(tmp_path / "run"))
+    assert resume_point(str(tmp_path / "run")).config.train.steps == 20     # the checkpoint's config
+    with pytest.raises(ValidationError, match="drop --steps"):
         TrainParams(resume=str(tmp_path / "run"), steps=5)
-    with pytest.raises(ValidationError, match="no checkpoint at"):
+    with pytest.raises(ValidationError, match="not found"):
         TrainParams(resume=str(tmp_path / "missing"))
 
 
-# -- chaos hooks ----------------------------------------------------------------------------------------------------
-def test_chaos_hooks_are_validated_and_refused_where_they_cannot_work():
-    from spark_training.reduction import ChaosKill
-    from spark_training.session import check_settings
+# -- faults injected from outside -----------------------------------------------------------------------------------
+def test_nan_gradients_hit_exactly_the_listed_steps(digits16):
+    from chaos.faults import NaNGradients, step_range
 
-    assert ChaosKill.parse("executor:1@3") == ChaosKill("executor", 1, 3)
-    assert ChaosKill.parse("") is None
-    with pytest.raises(ConfigError, match="spark.chaos_kill"):
-        resolve_config("tiny", {"spark.chaos_kill": "python:1"})
-    with pytest.raises(ConfigError, match="train.chaos_nan_steps"):
-        resolve_config("tiny", {"train.chaos_nan_steps": "soon"})
-    with pytest.raises(ConfigError, match="local-cluster"):
-        check_settings(resolve_config("tiny", {"spark.chaos_kill": "executor:0@1", "spark.master": "local[2]"}).spark)
-    with pytest.raises(ConfigError, match="test hook"):
-        check_settings(resolve_config("tiny", {"spark.chaos_kill": "python:0@1",
-                                               "spark.master": "yarn"}).spark)
-
-
-def test_nan_fault_hits_exactly_the_listed_steps(digits16):
-    cfg = tiny(**{"train.steps": 6, "train.chaos_nan_steps": "2-3"})
+    cfg = tiny(**{"train.steps": 6})
     lines: list[str] = []
-    state = train(build_state(cfg), LocalGradSource(digits16, cfg), print_fn=lines.append)
+    state = train(build_state(cfg), NaNGradients(LocalGradSource(digits16, cfg), step_range("2-3")),
+                  print_fn=lines.append)
     assert [ln.split(":")[0] for ln in lines if "non-finite" in ln] == ["step 3", "step 4"]
     assert state.step == 6 and torch.isfinite(get_flat(state.D)).all()
+    assert step_range("5") == range(5, 6)
+    for bad in ("soon", "4-2", ""):
+        with pytest.raises(ValueError):
+            step_range(bad)
+
+
+def test_worker_kill_is_refused_where_process_ids_mean_nothing():
+    from chaos.faults import KillWorker
+
+    KillWorker("python", 0, 1).check_master("local[2]")
+    KillWorker("executor", 0, 1).check_master("local-cluster[2,1,1024]")
+    with pytest.raises(ValueError, match="local-cluster"):
+        KillWorker("executor", 0, 1).check_master("local[2]")
+    with pytest.raises(ValueError, match="this machine"):
+        KillWorker("python", 0, 1).check_master("yarn")
+
+
+def test_worker_kill_fires_once_at_its_step_on_its_worker():
+    from chaos.faults import KillWorker
+    from spark_training.reduction import WorkerProcess
+
+    victim = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        kill = KillWorker("python", worker=1, step=3)
+        workers = {0: WorkerProcess(None, None), 1: WorkerProcess(victim.pid, None)}
+        for step, phase in ((2, 0), (3, 1), (3, 2)):          # another step, or not the step's first update
+            kill(workers, step, phase)
+        assert victim.poll() is None and not kill.fired
+        kill(workers, 3, 0)
+        assert victim.wait(timeout=30) == -9 and kill.fired
+        kill(workers, 3, 0)                                    # once only
+    finally:
+        victim.kill()
+    with pytest.raises(RuntimeError, match="no executor process id"):
+        KillWorker("executor", worker=0, step=0)(workers, 0, 0)
+
+
+def test_failing_worker_hook_travels_without_the_chaos_package(tmp_path):
+    from pyspark import cloudpickle
+
+    from chaos.faults import FailOnce
+
+    payload = tmp_path / "hook.pkl"
+    payload.write_bytes(cloudpickle.dumps(FailOnce(worker=1, request=2)))
+    code = ("import pickle, sys\n"
+            "assert 'chaos' not in sys.modules\n"
+            "hook = pickle.loads(open(sys.argv[1], 'rb').read())\n"
+            "hook(0, 0, 2); hook(1, 0, 1); hook(1, 1, 2)\n"
+            "try:\n    hook(1, 0, 2)\nexcept RuntimeError as e:\n    print('RAISED', type(e).__name__, e)\n"
+            "try:\n    import chaos\nexcept ModuleNotFoundError:\n    print('NO CHAOS')\n")
+    res = subprocess.run([sys.executable, "-c", code, str(payload)], cwd=tmp_path, capture_output=True, text=True,
+                         timeout=120, env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
+    assert res.stdout.splitlines() == ["RAISED TaskFailure worker 1: planned failure of its first attempt at request 2",
+                                       "NO CHAOS"], res.stderr[-2000:]
+
+
+def test_injected_cli_swaps_the_dfagd_default_hooks_and_restores_them():
+    from chaos.inject import default_hooks, main
+    from spark_training.dfagd import DFAGDHooks, train_dfagd
+
+    before = train_dfagd.__kwdefaults__["hooks"]
+    hooks = DFAGDHooks(wrap_source=lambda source: source)
+    with default_hooks(hooks):
+        assert train_dfagd.__kwdefaults__["hooks"] is hooks
+    assert train_dfagd.__kwdefaults__["hooks"] is before is None
+    for argv in (["--nan-steps", "soon", "--", "train"], ["--nan-steps", "3", "train"]):
+        with pytest.raises(SystemExit) as exit_:
+            main(argv)
+        assert exit_.value.code == 2
 
 
 def test_chaos_cli_lists_and_rejects_unknown_scenarios():
+    from chaos.harness import load_scenarios
     from flows.cli import main
-    from tasks.chaos import load_scenarios
 
     names = list(load_scenarios())
     assert {"sigkill-driver-resume", "sigkill-python-worker", "sigkill-executor", "nan-step-skipped",
@@ -253,7 +312,7 @@ def test_chaos_cli_lists_and_rejects_unknown_scenarios():
 
 
 def test_chaos_table_marks_what_did_not_hold():
-    from tasks.chaos import table
+    from chaos.harness import table
 
     result = {"scenarios": [{"name": "a", "expected": "x|y", "observed": "ok", "steps_lost": 0, "data_lost": False,
                              "held": True},

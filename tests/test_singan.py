@@ -7,26 +7,28 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.config import ConfigError
+from models.config import ConfigError, SinGANConfig, resolve_config
 from models.singan import (
+    fit,
     init_state,
     load_singan,
     reconstruct,
-    resolve_singan_config,
     sample,
     sample_at_size,
     save_singan,
     scale_sizes,
-    train_singan,
 )
-from models.singan.config import SinGANConfig
 from models.singan.pyramid import effective_scale_factor, resize
 from models.singan.sampling import run_pyramid
 from models.singan.trainer import train_scale
 
 
+def singan(preset: str, **over) -> SinGANConfig:
+    return resolve_config(preset, {f"singan.{k}": v for k, v in over.items()}).singan
+
+
 def tiny(**over) -> SinGANConfig:
-    return resolve_singan_config("tiny", {"iters_per_scale": 1, "log_every": 0, **over})
+    return singan("tiny", **{"iters_per_scale": 1, "log_every": 0, **over})
 
 
 def image(h: int = 24, w: int = 30, seed: int = 0) -> torch.Tensor:
@@ -37,7 +39,8 @@ def image(h: int = 24, w: int = 30, seed: int = 0) -> torch.Tensor:
 
 @pytest.fixture(scope="module")
 def trained():
-    return train_singan(init_state(image(), tiny()), print_fn=None)
+    cfg = tiny()
+    return fit(cfg, state=init_state(image(), cfg), print_fn=None)
 
 
 # --- pyramid ------------------------------------------------------------------------------------------------
@@ -60,7 +63,7 @@ def test_scale_sizes_reference_settings(shape, n, coarsest, finest):
 
 
 def test_scale_sizes_demo_caps_the_long_side_at_128():
-    sizes = scale_sizes(872, 1000, resolve_singan_config("demo"))
+    sizes = scale_sizes(872, 1000, singan("demo"))
     assert sizes[-1] == (112, 128) and min(sizes[0]) == 25 and len(sizes) == 7
 
 
@@ -80,11 +83,11 @@ def test_channels_double_every_four_scales_capped():
                                           ("betas", (0.5, 1.0)), ("lr_decay_at", 0.0), ("channels", 4)])
 def test_config_errors_name_the_field(field, value):
     with pytest.raises(ConfigError, match=f"singan.{field}"):
-        resolve_singan_config("full", {field: value})
+        singan("full", **{field: value})
 
 
 def test_reference_settings():
-    c = resolve_singan_config("full")
+    c = singan("full")
     assert (c.scale_factor, c.min_size, c.max_size, c.num_layers, c.penalty_weight, c.alpha) == (0.75, 25, 250, 5,
                                                                                                  0.1, 10.0)
     assert (c.lr_g, c.betas, c.d_steps, c.g_steps, c.iters_per_scale, c.decay_iter) == (5e-4, (0.5, 0.999), 3, 3,
@@ -147,16 +150,29 @@ def test_a_scale_starts_from_the_previous_one_when_widths_match():
 def test_loss_options_train(adversarial, penalty):
     logs = []
     st = init_state(image(), tiny(adversarial=adversarial, penalty=penalty, log_every=1))
-    train_singan(st, on_log=lambda s, m: logs.append(m), print_fn=None)
+    fit(st.config, state=st, on_log=lambda s, m: logs.append(m), print_fn=None)
     assert st.done and len(logs) == st.num_scales
     assert all(math.isfinite(v) for m in logs for v in m.values())
     assert {"loss_d", "loss_g", "loss_rec", "gradient_penalty", "s_per_iter", "scale", "noise_amp"} <= set(logs[0])
 
 
+def test_fit_starts_from_the_configured_image_or_continues_a_state_of_the_same_config():
+    cfg = tiny()                                                       # skimage:hubble_deep_field, 872x1000
+    lines = []
+    st = fit(cfg, print_fn=lines.append)
+    assert st.done and st.sizes == scale_sizes(872, 1000, cfg)
+    assert lines[0] == f"SinGAN on {cfg.image}: {st.num_scales} scales, " + " -> ".join(
+        f"{h}x{w}" for h, w in st.sizes)
+    gs = list(st.Gs)
+    assert fit(cfg, state=st, print_fn=None) is st and list(st.Gs) == gs    # nothing left to train
+    with pytest.raises(ValueError, match="state: expected a pyramid built with the given config"):
+        fit(tiny(seed=1), state=st)
+
+
 def test_progress_lines_and_stop():
     lines = []
     st = init_state(image(), tiny(iters_per_scale=2, log_every=1))
-    train_singan(st, print_fn=lines.append, should_stop=lambda: st.trained_scales == 1)
+    fit(st.config, state=st, print_fn=lines.append, should_stop=lambda: st.trained_scales == 1)
     assert st.trained_scales == 1 and any("s/it" in ln and "ETA" in ln and "scale 1/" in ln for ln in lines)
 
 
@@ -187,7 +203,7 @@ def test_start_scale_fixes_the_coarse_scales(trained):
 
 def test_checkpoint_round_trip_and_resume(tmp_path):
     st = init_state(image(), tiny())
-    train_singan(st, print_fn=None, should_stop=lambda: st.trained_scales == 1)
+    fit(st.config, state=st, print_fn=None, should_stop=lambda: st.trained_scales == 1)
     path = save_singan(st, tmp_path / "singan.pt")
     assert [p.name for p in tmp_path.iterdir()] == ["singan.pt"]       # no temp file left behind
     raw = torch.load(path, weights_only=True)
@@ -195,7 +211,7 @@ def test_checkpoint_round_trip_and_resume(tmp_path):
     back = load_singan(path)
     assert back.config == st.config and back.sizes == st.sizes and back.noise_amps == st.noise_amps
     assert torch.equal(back.z_rec, st.z_rec) and torch.equal(back.image, st.image)
-    train_singan(back, print_fn=None)                                  # resumes at scale 2
+    fit(back.config, state=back, print_fn=None)                        # resumes at scale 2
     assert back.done
     save_singan(back, path)
     again = load_singan(path)

@@ -5,14 +5,25 @@ import json
 
 import pytest
 
-from flows.commands.train_singan_cli import run_singan_from_cli, singan_params_from_args
+from flows.cli import add_params, params_from_args
+from flows.commands.train import run
 from flows.errors import UsageError
+from flows.params import SinGANParams, TrainParams
 
 
 def args(**kw):
-    base = dict(preset="tiny", data=None, steps=None, workers=None, spark_master=None, model="singan", config=None,
-                set=[], dry_run=True, out=None, force=False, engine="spark", require_standard_features=False)
-    return argparse.Namespace(**{**base, **kw})
+    parser = argparse.ArgumentParser()
+    add_params(parser, TrainParams, SinGANParams)
+    parser.add_argument("--dry-run", action="store_true")
+    ns = parser.parse_args(["--model", "singan", "--preset", "tiny", "--dry-run"])
+    return argparse.Namespace(**{**vars(ns), **kw})
+
+
+def singan_params_from_args(ns: argparse.Namespace) -> dict:
+    return params_from_args(ns, SinGANParams).model_dump()
+
+
+run_singan_from_cli = run
 
 
 def test_flags_map_onto_the_singan_config(capsys, tmp_path):
@@ -20,13 +31,13 @@ def test_flags_map_onto_the_singan_config(capsys, tmp_path):
 
     img = tmp_path / "brick.png"
     Image.new("RGB", (40, 30), (200, 10, 10)).save(img)
-    p = singan_params_from_args(args(data=str(img), steps=7, set=["max_size=32", "singan.alpha=5"],
+    p = singan_params_from_args(args(data=str(img), steps=7, set=["singan.max_size=32", "singan.alpha=5"],
                                      require_standard_features=True))
     assert p["image"] == str(img) and p["iters_per_scale"] == 7 and not p["allow_random_features"]
-    assert run_singan_from_cli(args(data=str(img), steps=7, set=["max_size=32", "singan.alpha=5"])) == 0
+    assert run_singan_from_cli(args(data=str(img), steps=7, set=["singan.max_size=32", "singan.alpha=5"])) == 0
     cfg = json.loads(capsys.readouterr().out)
-    assert (cfg["preset"], cfg["image"], cfg["iters_per_scale"], cfg["max_size"], cfg["alpha"]) == \
-        ("tiny", str(img), 7, 32, 5)
+    s = cfg["singan"]
+    assert (cfg["preset"], s["image"], s["iters_per_scale"], s["max_size"], s["alpha"]) == ("tiny", str(img), 7, 32, 5)
 
 
 def test_default_image_is_the_embedded_one():
@@ -37,8 +48,8 @@ def test_default_image_is_the_embedded_one():
     (dict(data="/no/such.png"), "--data (singan.image)"),
     (dict(data="skimage:nope"), "unknown bundled image"),
     (dict(steps=0), "--steps (singan.iters_per_scale)"),
-    (dict(set=["max_size=3"]), "singan.max_size"),
-    (dict(set=["bogus=1"]), "singan.bogus"),
+    (dict(set=["singan.max_size=3"]), "singan.max_size"),
+    (dict(set=["singan.bogus=1"]), "singan.bogus"),
     (dict(set=["noequals"]), "KEY=VALUE"),
     (dict(workers=2), "--workers"),
 ])
@@ -56,7 +67,7 @@ def test_a_folder_is_not_an_image(tmp_path):
 def test_materialise_puts_the_image_alone_in_a_folder(tmp_path):
     from PIL import Image
 
-    from tasks.singan import materialise_image
+    from tasks.pipeline import materialise_image
 
     src = tmp_path / "My Photo.jpg"
     Image.new("RGB", (40, 30), (0, 90, 200)).save(src)

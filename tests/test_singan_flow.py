@@ -12,7 +12,8 @@ def test_flow_trains_registers_promotes_and_samples_the_champion(harness, mlflow
 
     from flows.cli import main
     from flows.train_singan import train_singan
-    from tasks.singan_io import is_singan_uri, load_singan_model, write_singan_samples
+    from models.singan import SinGANState
+    from tasks.model_io import load_model, write_samples
 
     s = train_singan(preset="tiny", eval_samples=3)           # the embedded skimage:hubble_deep_field
     assert s["version"] == "1" and s["champion_version"] == "1" and s["champion_changed"]
@@ -25,7 +26,7 @@ def test_flow_trains_registers_promotes_and_samples_the_champion(harness, mlflow
     client = MlflowClient()
     run = client.get_run(s["run_id"])
     assert client.get_experiment(run.info.experiment_id).name == "singan" and run.info.status == "FINISHED"
-    assert run.data.params["singan.preset"] == "tiny" and run.data.params["singan.iters_per_scale"] == "2"
+    assert run.data.params["preset"] == "tiny" and run.data.params["singan.iters_per_scale"] == "2"
     assert {"loss_d", "loss_g", "loss_rec", "gradient_penalty", "s_per_iter", "train_wall_s",
             s["primary_metric"], "diversity"} <= set(run.data.metrics)
     assert run.data.tags["feature_extractor"] == s["feature_extractor"]
@@ -43,10 +44,10 @@ def test_flow_trains_registers_promotes_and_samples_the_champion(harness, mlflow
 
     # Sampling from the registry: right shape, same seed -> same images, other sizes on request.
     uri = "models:/singan@champion"
-    assert is_singan_uri(uri)
-    state = load_singan_model(uri)
+    state = load_model(uri)
+    assert isinstance(state, SinGANState)
     h, w = state.sizes[-1]
-    grid, _, size = write_singan_samples(uri, 3, tmp_path / "a.png", seed=7, each_dir=tmp_path / "a")
+    grid, _, size = write_samples(state, 3, tmp_path / "a.png", seed=7, each_dir=tmp_path / "a")
     assert size == (h, w) and len(list((tmp_path / "a").glob("*.png"))) == 3
     assert main(["sample", "--model", uri, "-n", "3", "--out", str(tmp_path / "b.png"), "--seed", "7",
                  "--each", str(tmp_path / "b"), "--scale", "1"]) == 0

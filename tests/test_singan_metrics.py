@@ -1,59 +1,127 @@
-"""SIFID (Frechet distance of first-block Inception features) and the diversity score."""
+"""SIFID (models.metrics.sifid: Conv2d_4a features, pytorch-fid's Frechet distance), diversity, reconstruction."""
+
+import hashlib
 
 import numpy as np
 import pytest
 import torch
-from pytorch_fid.fid_score import calculate_frechet_distance
 from torch import nn
+from torchvision.models import inception_v3
 
-from models.singan import diversity, frechet_distance, sifid, sifid_scores
+from models.metrics import InceptionWeightsError
+from models.metrics import sifid as sf
+from models.metrics.inception import randomize_
+from models.singan import diversity, reconstruction_rmse
 
 
-def random_first_block(seed: int = 0) -> nn.Module:
-    """pytorch-fid's block 0 (Conv2d_1a..2b + max-pool, 64-d), randomly initialised, behind its input handling."""
-    from pytorch_fid.inception import InceptionV3, _inception_v3
-
-    torch.manual_seed(seed)
-    net = _inception_v3(num_classes=1008, aux_logits=False, weights=None)
-    block = nn.Sequential(net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, nn.MaxPool2d(3, 2))
-    wrapper = InceptionV3.__new__(InceptionV3)          # the real forward (resize to 299, [0,1] -> [-1,1])
-    nn.Module.__init__(wrapper)
-    wrapper.resize_input, wrapper.normalize_input = True, True
-    wrapper.output_blocks, wrapper.last_needed_block = [0], 0
-    wrapper.blocks = nn.ModuleList([block])
-    return wrapper.eval()
+@pytest.fixture
+def no_weights(tmp_path, monkeypatch):
+    """The torch hub cache without torchvision's Inception file."""
+    monkeypatch.setattr(sf, "weights_path", lambda: tmp_path / sf.WEIGHTS_FILENAME)
+    return tmp_path / sf.WEIGHTS_FILENAME
 
 
 @pytest.fixture(scope="module")
-def extractor():
-    return random_first_block()
+def random_net():
+    return sf._build("", 0)[0]
 
 
-def test_sifid_of_an_image_with_itself_is_zero(extractor):
-    x = torch.rand(1, 3, 40, 52) * 2 - 1
-    assert abs(sifid(x, x, extractor)) < 1e-4
-    y = (x + 0.5 * torch.randn_like(x)).clamp(-1, 1)
-    scores = sifid_scores(x, torch.cat([x, y]), extractor)
-    assert abs(scores[0]) < 1e-4 and scores[1] > 1e-3
+class UnitFeatures(nn.Module):
+    """The image itself as its feature map: (B, 3, H, W) in [0, 1] -> the same; makes SIFID's statistics exact."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x
 
 
-def test_extractor_output_is_64_dimensional(extractor):
-    out = extractor(torch.rand(1, 3, 40, 52))
-    assert out[0].shape[1] == 64
+def smooth(shape: tuple[int, ...], seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.avg_pool2d(torch.rand(shape, generator=g) * 2 - 1, 3, 1, 1)
 
 
-def test_grayscale_is_fed_as_rgb(extractor):
-    g = torch.rand(1, 1, 30, 30) * 2 - 1
-    assert sifid(g, g.expand(-1, 3, -1, -1), extractor) == pytest.approx(0.0, abs=1e-4)
+# ------------------------------------------------------------------ the features
+
+def test_features_are_torchvision_inceptions_conv2d_4a_output(random_net):
+    """The 192-d activations just before the second max-pool, read by a hook inside torchvision's own forward."""
+    backbone = randomize_(inception_v3(weights=None, aux_logits=False, init_weights=False), 0).eval()
+    ours = sf.SIFIDFeatures(backbone)
+    seen = []
+    backbone.Conv2d_4a_3x3.register_forward_hook(lambda m, i, o: seen.append(o))
+    x = torch.rand(2, 3, 80, 96)
+    with torch.no_grad():
+        backbone(2 * x - 1)                                        # transform_input=False: the input as given
+        got = ours(x)
+    assert got.shape == (2, sf.FEATURE_DIM, 16, 20)                # 80x96 -> 39x47 -> 37x45 -> 18x22 -> 16x20
+    assert torch.allclose(got, seen[0], atol=1e-5)
+    assert random_net.blocks[-1][-1].conv.out_channels == sf.FEATURE_DIM
 
 
-def test_frechet_matches_pytorch_fid_and_the_equal_covariance_identity():
-    rng = np.random.default_rng(0)
-    a, b = rng.normal(size=(200, 8)), rng.normal(size=(200, 8)) @ rng.normal(size=(8, 8)) + 1
-    mu1, s1, mu2, s2 = a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
-    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(calculate_frechet_distance(mu1, s1, mu2, s2), rel=1e-6)
-    assert frechet_distance(mu1, s1, mu1 + 2, s1) == pytest.approx(4 * 8, rel=1e-6)
+def test_features_are_taken_at_the_images_own_size(random_net):
+    maps = sf._features(smooth((1, 3, 23, 40)), random_net, 1)
+    assert maps[0].shape == (192, 2, 6)                            # no resize to 299
+    with pytest.raises(ValueError, match=r">= 23 px .* got 18x20"):
+        sf._features(smooth((1, 3, 18, 20)), random_net, 1)
 
+
+# ------------------------------------------------------------------ the distance
+
+def test_sifid_of_an_image_with_itself_is_zero_and_others_are_positive(random_net):
+    x = smooth((1, 3, 40, 52))
+    y = smooth((1, 3, 40, 52), seed=1)
+    scores = sf.sifid_scores(x, torch.cat([x, y]), random_net)
+    assert scores[0] == pytest.approx(0.0, abs=1e-6) and scores[1] > 1e-3
+    assert sf.sifid(x, torch.cat([x, y]), random_net) == pytest.approx(np.mean(scores))
+
+
+def test_a_shifted_mean_gives_the_squared_mean_distance():
+    """Equal covariances: SIFID = ||mu_real - mu_fake||^2 (pytorch-fid's identity), per channel shift s_c / 255."""
+    u8 = torch.randint(20, 200, (1, 3, 24, 30), generator=torch.Generator().manual_seed(0)).float()
+    real = u8 / 127.5 - 1
+    shift = torch.tensor([10.0, 0.0, 4.0]).view(1, 3, 1, 1)
+    fake = (u8 + shift) / 127.5 - 1
+    expected = float(((shift / 255) ** 2).sum())
+    assert sf.sifid(real, fake, UnitFeatures()) == pytest.approx(expected, rel=1e-6)
+
+
+def test_grayscale_is_fed_as_rgb_and_batching_does_not_change_scores(random_net):
+    g = smooth((1, 1, 30, 30))
+    assert sf.sifid(g, g.expand(-1, 3, -1, -1), random_net) == pytest.approx(0.0, abs=1e-6)
+    real, fakes = smooth((1, 3, 32, 36)), smooth((5, 3, 32, 36), seed=2)
+    one = sf.sifid_scores(real, fakes, random_net, batch_size=1)
+    assert sf.sifid_scores(real, fakes, random_net, batch_size=4) == pytest.approx(one, rel=1e-4)
+
+
+# ------------------------------------------------------------------ weights policy and names
+
+def test_without_the_weights_file_it_fails_or_falls_back_to_named_random_weights(no_weights):
+    with pytest.raises(InceptionWeightsError, match=sf.WEIGHTS_FILENAME):
+        sf.sifid_extractor(allow_random=False)
+    net, extractor, standard = sf.sifid_extractor(allow_random=True, seed=3)
+    assert not standard and extractor == "inception-v3-random-seed3-block1-192d"
+    assert sf.sifid_metric_name(standard) == "sifid_inception_random" and sf.sifid_metric_name(True) == "sifid"
+    x = smooth((2, 3, 30, 30))
+    again, _, _ = sf.sifid_extractor(allow_random=True, seed=3)
+    assert torch.equal(net(x), again(x))
+    other, _, _ = sf.sifid_extractor(allow_random=True, seed=4)
+    assert not torch.equal(net(x), other(x))
+
+
+def test_a_file_with_the_wrong_hash_is_an_error(no_weights):
+    no_weights.write_bytes(b"not the weights")
+    with pytest.raises(InceptionWeightsError, match="does not start with"):
+        sf.sifid_extractor(allow_random=True)
+
+
+def test_a_verified_file_is_loaded_as_the_standard_extractor(no_weights, monkeypatch):
+    """torchvision's file holds the whole Inception3 state dict, AuxLogits included; this one has random values."""
+    source = randomize_(inception_v3(weights=None, aux_logits=True, init_weights=False), 7)
+    torch.save(source.state_dict(), no_weights)
+    monkeypatch.setattr(sf, "HASH_PREFIX", hashlib.sha256(no_weights.read_bytes()).hexdigest()[:8])
+    net, extractor, standard = sf.sifid_extractor(allow_random=False)
+    assert standard and extractor == sf.STANDARD_ID
+    assert torch.equal(net.blocks[-1][-1].conv.weight, source.Conv2d_4a_3x3.conv.weight)
+
+
+# ------------------------------------------------------------------ SinGAN's own scores
 
 def test_diversity():
     real = torch.rand(1, 3, 8, 8) * 2 - 1
@@ -62,3 +130,12 @@ def test_diversity():
     assert diversity(two, real) == pytest.approx(0.1 / real.std(unbiased=False).item(), rel=1e-5)
     with pytest.raises(ValueError, match="samples"):
         diversity(real, real)
+
+
+def test_reconstruction_rmse_compares_the_reconstruction_with_the_image(monkeypatch):
+    import models.singan.evaluation as ev
+
+    image = torch.zeros(1, 3, 4, 4)
+    state = type("State", (), {"image": image})()
+    monkeypatch.setattr(ev, "reconstruct", lambda s: s.image + 0.5)
+    assert reconstruction_rmse(state) == pytest.approx(0.5)

@@ -2,7 +2,8 @@
 
 import pytest
 
-from tasks.singan_registry import champion_alias, decide, image_slug
+from tasks.registry import PER_IMAGE, Version
+from tasks.tags import image_slug
 
 
 def tags(image="hubble", fp="aa", extractor="inception-v3-random-seed0", size="18x20", sifid=None):
@@ -15,12 +16,18 @@ def tags(image="hubble", fp="aa", extractor="inception-v3-random-seed0", size="1
 M = "sifid_inception_random"
 
 
+def decide(new_tags, champ_tags, metric, margin=0.0):
+    """PER_IMAGE's pure rule on versions 2 (new) and 1 (champion) with these tags; lower is better."""
+    champ = Version("1", champ_tags) if champ_tags is not None else None
+    return PER_IMAGE.decide(Version("2", new_tags), champ, metric, lower=True, margin=margin)
+
+
 def test_image_slug_fits_mlflow_alias_rules():
     assert image_slug("hubble_deep_field") == "hubble_deep_field"
     assert image_slug("My Photo (2).JPG") == "my-photo-2-jpg"
     assert image_slug("///") == "image"
     assert len(image_slug("x" * 300)) == 64
-    assert champion_alias(image_slug("v1")) == "champion-v1"      # never a reserved bare version alias
+    assert PER_IMAGE.champion_alias(image_slug("v1")) == "champion-v1"      # never a reserved bare version alias
 
 
 def test_decide_first_version_of_an_image_is_champion():
@@ -62,19 +69,22 @@ def registry(tmp_path):
 
 
 def _add(client, image, sifid, fp=None):
-    from tasks.registry import _ensure_registered_model
+    from tasks.registry import ensure_registered_model
 
-    _ensure_registered_model(client, "singan")
-    t = tags(image=image, fp=fp or image, sifid=sifid)
+    ensure_registered_model(client, "singan")
+    t = {**tags(image=image, fp=fp or image, sifid=sifid), "model_family": "singan"}
     return str(client.create_model_version("singan", "file:///nowhere", tags=t).version)
 
 
 def test_per_image_champions_and_the_latest_image_champion(registry):
     from mlflow.tracking import MlflowClient
 
-    from tasks.singan_registry import promote_image
+    from tasks.registry import promote
 
     client = MlflowClient()
+
+    def promote_image(version, metric):
+        return promote("singan", version, metric)     # the policy follows the version's model_family tag
 
     def aliases():
         return {k: str(v) for k, v in client.get_registered_model("singan").aliases.items()}
@@ -83,11 +93,12 @@ def test_per_image_champions_and_the_latest_image_champion(registry):
     assert promote_image(v1, M).promoted
     v2 = _add(client, "brick", 4.0)
     d = promote_image(v2, M)
-    assert d.promoted and d.image == "brick"
+    assert d.promoted and d.scope == "brick" and d.aliases == ("champion-brick", "champion")
     assert aliases() == {"champion": "2", "champion-hubble": "1", "champion-brick": "2"}
     v3 = _add(client, "hubble", 6.0)                 # worse than hubble's champion
     d = promote_image(v3, M)
     assert not d.promoted and d.champion_version == "1" and "does not beat" in d.reason
+    assert d.aliases == ("challenger-hubble", "challenger")
     assert aliases() == {"champion": "1", "champion-hubble": "1", "champion-brick": "2",
                          "challenger": "3", "challenger-hubble": "3"}
     v4 = _add(client, "hubble", 2.0)                 # better: hubble's champion moves, brick's stays
@@ -101,14 +112,61 @@ def test_per_image_champions_and_the_latest_image_champion(registry):
     assert not d.promoted and "image content" in d.reason and aliases()["champion-hubble"] == "4"
 
 
-def test_promote_image_needs_the_image_tag(registry):
+def test_promote_per_image_needs_the_image_tag(registry):
     from mlflow.tracking import MlflowClient
 
-    from tasks.registry import _ensure_registered_model
-    from tasks.singan_registry import promote_image
+    from tasks.registry import ensure_registered_model, promote
 
     client = MlflowClient()
-    _ensure_registered_model(client, "singan")
-    v = client.create_model_version("singan", "file:///nowhere").version
+    ensure_registered_model(client, "singan")
+    v = client.create_model_version("singan", "file:///nowhere", tags={"model_family": "singan"}).version
     with pytest.raises(ValueError, match="image"):
-        promote_image(str(v), M)
+        promote("singan", str(v), M)
+    with pytest.raises(ValueError, match="image"):
+        promote("singan", str(v), M, policy=PER_IMAGE)
+
+
+@pytest.mark.parametrize("use_lock", [True, False], ids=["file-lock", "converge-only"])
+def test_concurrent_promotions_of_one_image_end_on_the_better_version(registry, use_lock):
+    """As for TransSRGAN: the worse promoter reads the image's champion first and writes last; the guard (lock,
+    or claim + converge) still leaves champion-<image> and champion on the better version."""
+    import threading
+
+    from mlflow.tracking import MlflowClient
+
+    from tasks.registry import PromotionPolicy, promote
+
+    class Paused(PromotionPolicy):
+        """PER_IMAGE, but decide() waits for `go_on` before the aliases are written."""
+
+        def decide(self, *args, **kwargs):
+            out = super().decide(*args, **kwargs)
+            has_read.set()
+            assert go_on.wait(60)
+            return out
+
+    client = MlflowClient()
+    v1 = _add(client, "hubble", 5.0)
+    promote("singan", v1, M)
+    better, worse = _add(client, "hubble", 1.0), _add(client, "hubble", 2.0)
+    has_read, go_on = threading.Event(), threading.Event()
+    paused = Paused(comparable_on=PER_IMAGE.comparable_on, scope_tag=PER_IMAGE.scope_tag)
+    errors = []
+
+    def run_worse():
+        try:
+            promote("singan", worse, M, policy=paused, use_lock=use_lock)
+        except Exception as exc:   # surfaced below
+            errors.append(exc)
+
+    t = threading.Thread(target=run_worse)
+    t.start()
+    assert has_read.wait(60)
+    if use_lock:
+        go_on.set()                        # it holds the lock: the better one can only run after it
+    promote("singan", better, M, use_lock=use_lock)
+    go_on.set()                            # without the lock, the worse one writes last
+    t.join(120)
+    assert not errors, errors
+    aliases = {k: str(v) for k, v in client.get_registered_model("singan").aliases.items()}
+    assert aliases["champion-hubble"] == better and aliases["champion"] == better

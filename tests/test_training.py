@@ -193,8 +193,21 @@ def test_ema_tracks_generator(digits16):
     assert not torch.equal(get_flat(s2.G), get_flat(s2.G_ema))
 
 
-def test_trainer_works_on_plain_imageset():
+def test_trainer_learns_from_a_plain_imageset():
+    """An unlabelled ImageSet of any source trains, and the critic's update depends on its images."""
     rng = np.random.default_rng(0)
-    data = ImageSet(rng.integers(0, 255, (64, 1, 16, 16), dtype=np.uint8), None, "random")
+    images = rng.integers(0, 255, (64, 1, 16, 16), dtype=np.uint8)
     c = cfg(**{"train.steps": 1})
-    assert train(copy.deepcopy(build_state(c)), LocalGradSource(data, c), print_fn=None).step == 1
+    init = build_state(c)
+
+    def run(data: ImageSet):
+        state = train(copy.deepcopy(init), LocalGradSource(data, c), print_fn=None)
+        return state.step, get_flat(state.D), get_flat(state.G)
+
+    step, d, g = run(ImageSet(images, None, "random"))
+    again = run(ImageSet(images.copy(), None, "random"))
+    inverted = run(ImageSet(255 - images, None, "inverted"))
+    assert step == 1 and torch.isfinite(d).all() and torch.isfinite(g).all()
+    assert torch.equal(d, again[1]) and torch.equal(g, again[2])   # same images, same update
+    assert not torch.equal(d, inverted[1])                         # other images, another critic update
+    assert not torch.equal(d, get_flat(init.D))

@@ -1,15 +1,14 @@
-"""`transsrgan bench speedup`: DFAGD against plain PyTorch and DDP; other bench sub-commands plug in here.
+"""`transsrgan bench`: `speedup` (DFAGD against plain PyTorch and DDP) here, `quality` in bench_quality.py.
 
-Extension hook: if flows/commands/bench_quality.py exists, its register(bench_subparsers) adds
-`transsrgan bench quality` (any module named in BENCH_MODULES is tried the same way).
+The measuring code lives in benchmarks/, a development package beside flows/ in a source checkout: never
+installed, never shipped to Spark, and imported only inside the handlers (after require_checkout()).
 """
 
 import argparse
-import importlib
 import json
-from pathlib import Path
 
-BENCH_MODULES = ("bench_quality",)
+from flows.commands import bench_quality
+from flows.commands.outputs import REFUSAL, check_report, write_report
 
 
 def _worker_list(text: str) -> tuple[int, ...]:
@@ -38,17 +37,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--spark-master", metavar="URL", help="spark.master (default local[max workers])")
     s.add_argument("--threads-per-worker", type=int, default=1, metavar="T", help="spark.threads_per_worker")
     s.add_argument("--no-ddp", action="store_true", help="skip the TorchDistributor DDP run")
-    s.add_argument("--json", metavar="FILE", help="write the result JSON here")
-    s.add_argument("--markdown", metavar="FILE", help="write the Markdown table here")
+    s.add_argument("--json", metavar="FILE", help=f"write the result JSON here; {REFUSAL}")
+    s.add_argument("--markdown", metavar="FILE", help=f"write the Markdown table here; {REFUSAL}")
     s.set_defaults(func=run_speedup)
-    for name in BENCH_MODULES:
-        try:
-            module = importlib.import_module(f"flows.commands.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"flows.commands.{name}":
-                continue
-            raise
-        module.register(bench_sub)
+    bench_quality.register(bench_sub)
     p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])
 
 
@@ -61,18 +53,21 @@ def run_speedup(args: argparse.Namespace) -> int:
         raise UsageError(f"--warmup: expected >= 0, got {args.warmup}")
     if args.threads_per_worker < 1:
         raise UsageError(f"--threads-per-worker: expected >= 1, got {args.threads_per_worker}")
-    from spark_training.bench_speedup import bench_speedup, markdown
+    from flows.cli import require_checkout
+
+    check_report(args.json, "--json", "bench speedup")         # refuse a user's file before the long part runs
+    check_report(args.markdown, "--markdown", "bench speedup")
+    require_checkout("benchmarks")
+    from benchmarks.speedup import bench_speedup, markdown
 
     result = bench_speedup(args.preset, args.workers, args.steps, args.warmup, args.spark_master,
                            args.threads_per_worker, ddp=not args.no_ddp)
     table = markdown(result)
     print(table)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2))
+        write_report(args.json, json.dumps(result, indent=2), "--json", "bench speedup")
     if args.markdown:
-        Path(args.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.markdown).write_text(table)
+        write_report(args.markdown, table, "--markdown", "bench speedup")
     _log_mlflow(result)
     return 0
 

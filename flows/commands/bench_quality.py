@@ -9,7 +9,10 @@ import json
 import time
 from pathlib import Path
 
+from flows.commands.outputs import REFUSAL, check_report
+
 EXPERIMENT = "transsrgan-bench"   # kept apart from `transsrgan`, whose runs are registry candidates
+COMMAND = "bench quality"         # what the output folders' ledgers record for these reports
 
 
 def _positive_float(value: str) -> float:
@@ -49,7 +52,8 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
                    help="training budget per model in wall-clock minutes (default 8)")
     p.add_argument("--json", metavar="FILE", help="write the result JSON here (default OUT/bench_quality.json)")
     p.add_argument("--markdown", metavar="FILE", help="write the Markdown table here (default OUT/bench_quality.md)")
-    p.add_argument("--figure", metavar="FILE", help="write the figure PNG here (default OUT/bench_quality.png)")
+    p.add_argument("--figure", metavar="FILE", help="write the figure PNG here (default OUT/bench_quality.png); for "
+                                                    f"--json, --markdown and --figure: {REFUSAL}")
     p.add_argument("--out", metavar="DIR", help="output folder (default $TRANSSRGAN_HOME/bench/quality-<time>)")
     p.add_argument("--n", type=_int_at_least(8), metavar="N",
                    help="eval.n_samples: generated and real images per evaluation (default: the preset's)")
@@ -75,7 +79,7 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
 
 
 def _overrides(args: argparse.Namespace) -> dict:
-    from flows.commands.train import parse_set
+    from flows.cli import parse_set
 
     over = parse_set(args.set)
     if args.n is not None:
@@ -94,7 +98,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.data != "digits" and not Path(args.data).expanduser().is_dir():
         raise UsageError(f"--data: expected 'digits' or an existing folder of images, got {args.data!r}")
-    from spark_training.bench_quality import quality_configs
+    from flows.cli import require_checkout
+
+    require_checkout("benchmarks")
+    from benchmarks.quality import quality_configs
 
     try:
         configs = quality_configs(args.preset, _overrides(args))
@@ -107,6 +114,8 @@ def run(args: argparse.Namespace) -> int:
     paths = {"json": Path(args.json or out / "bench_quality.json"),
              "markdown": Path(args.markdown or out / "bench_quality.md"),
              "figure": Path(args.figure or out / "bench_quality.png")}
+    for key, path in paths.items():        # refuse a user's file before the long part runs
+        check_report(str(path), f"--{key}", COMMAND)
     result = bench_and_log(args, configs, out, paths)
     print(Path(paths["markdown"]).read_text())
     print(f"wrote {paths['json']}, {paths['markdown']}, {paths['figure']}; MLflow parent run {result['mlflow_run_id']} "
@@ -116,14 +125,14 @@ def run(args: argparse.Namespace) -> int:
 
 def bench_and_log(args: argparse.Namespace, configs: dict, out: Path, paths: dict[str, Path]) -> dict:
     """Gate -> bench -> files, inside a parent MLflow run with one child run per model."""
-    import dataclasses
 
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    from benchmarks.quality import bench_quality, load_data, markdown, real_subset, save_figure
     from flows.errors import UsageError
+    from models.files import OutputFolder, write_output
     from models.metrics import InceptionWeightsError
-    from spark_training.bench_quality import bench_quality, load_data, markdown, real_subset, save_figure
     from tasks.data_gate import DataGateError, run_data_gate
     from tasks.tracking import configure_tracking, ensure_experiment, run_tags
 
@@ -135,7 +144,7 @@ def bench_and_log(args: argparse.Namespace, configs: dict, out: Path, paths: dic
     except (FileNotFoundError, NotADirectoryError) as exc:
         raise UsageError(f"--data: {exc}") from exc
     print(f"data gate: {gate.n_valid} valid, {gate.n_quarantined} quarantined (fingerprint {gate.fingerprint})")
-    configs = {k: dataclasses.replace(c, data=dataclasses.replace(c.data, source=gate.manifest_path))
+    configs = {k: c.updated({"data.source": str(gate.manifest_path)})
                for k, c in configs.items()}
     first = next(iter(configs.values()))
     data = load_data(first)
@@ -159,15 +168,14 @@ def bench_and_log(args: argparse.Namespace, configs: dict, out: Path, paths: dic
             raise UsageError(f"--require-standard-features: {exc}") from exc
         result["mlflow_run_id"] = parent.info.run_id
         real = real_subset(data.images, first.eval.n_samples)
-        for path in paths.values():
-            path.parent.mkdir(parents=True, exist_ok=True)
-        paths["json"].write_text(json.dumps(result, indent=2))
-        paths["markdown"].write_text(markdown(result))
-        save_figure(result, runs, real, paths["figure"])
+        write_output(paths["json"], json.dumps(result, indent=2), COMMAND)
+        write_output(paths["markdown"], markdown(result), COMMAND)
+        with OutputFolder(paths["figure"].parent, COMMAND, replace=False) as folder:
+            save_figure(result, runs, real, folder.claim(paths["figure"].name))
         for name, run in runs.items():
             result["models"][name]["mlflow_run_id"] = _log_child(client, exp_id, parent.info.run_id, name, run,
                                                                  result, gate, out)
-        paths["json"].write_text(json.dumps(result, indent=2))
+        write_output(paths["json"], json.dumps(result, indent=2), COMMAND)
         mlflow.set_tag("feature_extractor", result["feature_extractor"])
         mlflow.set_tag("target_met", str(result["verdict"]["target_met"]).lower())
         mlflow.log_metrics({f"{name}.{k}": v for name, m in result["models"].items()
@@ -183,10 +191,10 @@ def _log_child(client, exp_id: str, parent_id: str, name: str, run, result: dict
     import numpy as np
     from mlflow.entities import Param
 
+    from benchmarks.quality import generated
     from models.checkpoint import save_checkpoint
     from models.grid import make_grid, save_png
-    from spark_training.bench_quality import generated
-    from tasks.mlflow_sink import MlflowSink
+    from tasks.sink import MlflowSink
     from tasks.tracking import run_tags
 
     tags = {**run_tags(run.config, gate.fingerprint, gate.n_valid, {"bench": "quality", "model": name}),

@@ -1,6 +1,7 @@
 """`transsrgan chaos [--json FILE]`: run the fault scenarios on the tiny preset and print their table."""
 
 import argparse
+from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,12 +22,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from flows.cli import require_checkout
     from flows.errors import UsageError
-    from tasks.chaos import load_scenarios, run_chaos, table, write_json
+    from models.files import write_atomic
 
-    registry = load_scenarios()
+    require_checkout("chaos")
+    from chaos import harness
+
+    registry = harness.load_scenarios()
     if args.list:
         for s in registry.values():
             print(f"{s.name}\n    {s.expected}")
@@ -35,14 +38,14 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(names or []) - set(registry))
     if unknown:
         raise UsageError(f"--only: unknown scenario(s) {', '.join(unknown)}; expected some of {', '.join(registry)}")
-    result = run_chaos(names, workdir=Path(args.keep) if args.keep else None, keep=bool(args.keep))
-    md = table(result)
+    result = harness.run_chaos(names, workdir=Path(args.keep) if args.keep else None, keep=bool(args.keep))
+    md = harness.table(result)
     print("\n" + md)
     if args.json:
-        print(f"wrote {write_json(result, Path(args.json))}")
+        print(f"wrote {harness.write_json(result, Path(args.json))}")
     if args.markdown:
-        Path(args.markdown).write_text(md + "\n")
-        print(f"wrote {args.markdown}")
+        written = write_atomic(args.markdown, md + "\n")
+        print(f"wrote {written}")
     if result["workdir"]:
         print(f"kept the scenarios' folders in {result['workdir']}")
     return 0 if result["held"] else 1

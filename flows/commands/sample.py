@@ -4,6 +4,32 @@ Works for TransSRGAN generators and for SinGAN models (models:/singan@champion),
 """
 
 import argparse
+import contextlib
+import logging
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """No library warnings or INFO logs on the terminal while a command runs: its user sees our lines only.
+
+    MLflow re-enables its UserWarnings inside its own catch_warnings blocks, so the display hook is replaced too
+    (those blocks keep the hook they find).
+    """
+    mlflow_log = logging.getLogger("mlflow")
+    level = mlflow_log.level
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.showwarning = lambda *args, **kwargs: None
+        mlflow_log.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            mlflow_log.setLevel(level)
 
 
 def _positive(value: str) -> int:
@@ -31,9 +57,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, metavar="URI",
                    help="MLflow model URI, e.g. models:/transsrgan@champion or models:/singan@champion")
     p.add_argument("-n", type=_positive, default=64, metavar="N", help="number of images (default 64)")
-    p.add_argument("--out", required=True, metavar="FILE.png", help="grid PNG to write")
+    p.add_argument("--out", required=True, metavar="FILE.png",
+                   help="grid PNG to write; missing parent folders are created; an existing file is replaced only "
+                        "if it is a PNG (anything else is refused)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="noise seed (default 0)")
-    p.add_argument("--each", metavar="DIR", help="also write every image as DIR/sample_0000.png, ...")
+    p.add_argument("--each", metavar="DIR", help="also write every image as DIR/sample_0000.png, ... (created if "
+                                                 "missing); a rerun replaces only the samples an earlier run wrote "
+                                                 "(DIR/.transsrgan-outputs.json), a file of those names that "
+                                                 "transsrgan did not write stops the command (exit 2)")
     p.add_argument("--scale", type=_positive, default=2, metavar="K", help="upscale the grid K times (default 2)")
     size = p.add_argument_group("SinGAN only: any output size (default: the training image's size)")
     size.add_argument("--scale-h", type=_positive_float, metavar="X", help="height x X (resizes the whole pyramid)")
@@ -46,35 +77,65 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    if not args.out.lower().endswith(".png"):
-        from flows.errors import UsageError
+def check_output(flag: str, path: Path) -> None:
+    """UsageError unless `path` can be written as a PNG: every existing ancestor a folder, the file absent or a PNG.
 
-        raise UsageError(f"--out {args.out!r}: expected a .png file")
+    A PNG there is taken for an earlier output and replaced; any other file is refused, never overwritten.
+    """
     from flows.errors import UsageError
-    from tasks.model_io import ModelNotFoundError, write_samples
-    from tasks.singan_io import is_singan_uri, write_singan_samples
-    from tasks.tracking import configure_tracking
 
-    store = configure_tracking(args.tracking_uri)
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise UsageError(f"{flag} {path}: {parent} is a file, not a folder")
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise UsageError(f"{flag} {path}: exists and is not a regular file; choose another name")
+    if path.exists():
+        with open(path, "rb") as fh:
+            head = fh.read(len(PNG_SIGNATURE))
+        if head != PNG_SIGNATURE:
+            raise UsageError(f"{flag} {path}: exists and is not a PNG; refusing to overwrite it (move it or choose "
+                             "another name)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from flows.errors import UsageError
+
+    if not args.out.lower().endswith(".png"):
+        raise UsageError(f"--out {args.out!r}: expected a .png file")
+    out = Path(args.out).expanduser()
+    check_output("--out", out)
+    if args.each:
+        from flows.commands.outputs import check_folder
+
+        check_folder(args.each, [f"sample_{i:04d}.png" for i in range(args.n)], "--each", "sample")
     sized = {k: getattr(args, k, None) for k in SINGAN_ONLY if getattr(args, k, None) is not None}
     if sized and (args.scale_h or args.scale_w) and (args.height or args.width):
         raise UsageError("--height/--width and --scale-h/--scale-w: expected one way to set the size, got both")
+    with quiet_libraries():
+        return _sample(args, out, sized)
+
+
+def _sample(args: argparse.Namespace, out: Path, sized: dict) -> int:
+    from flows.errors import UsageError
+    from models.singan import SinGANState
+    from tasks.model_io import ModelNotFoundError, load_model, write_samples
+    from tasks.tracking import configure_tracking
+
+    store = configure_tracking(args.tracking_uri)
     try:
-        if is_singan_uri(args.model):
-            grid, each, (h, w) = write_singan_samples(
-                args.model, args.n, args.out, seed=args.seed, each_dir=args.each, scale=args.scale,
-                scale_h=args.scale_h or 1.0, scale_w=args.scale_w or 1.0, height=args.height, width=args.width)
-            size = f" of {h}x{w}"
-        else:
-            if sized:
-                flags = ", ".join("--" + k.replace("_", "-") for k in sized)
-                raise UsageError(f"{flags}: only for SinGAN models; {args.model} is a fixed-size generator")
-            grid, each = write_samples(args.model, args.n, args.out, seed=args.seed, each_dir=args.each,
-                                       scale=args.scale)
-            size = ""
+        model = load_model(args.model)
     except ModelNotFoundError as exc:
         raise UsageError(f"--model: {exc}") from exc
+    singan = isinstance(model, SinGANState)
+    if sized and not singan:
+        flags = ", ".join("--" + k.replace("_", "-") for k in sized)
+        raise UsageError(f"{flags}: only for SinGAN models; {args.model} is a fixed-size generator")
+    try:
+        grid, each, (h, w) = write_samples(model, args.n, out, seed=args.seed, each_dir=args.each,
+                                           scale=args.scale, **sized)
+    except OSError as exc:   # a read-only folder, a full disk: nothing half-written is left (models.files)
+        raise UsageError(f"--out {out}: cannot write ({exc.strerror or exc})") from exc
+    size = f" of {h}x{w}" if singan else ""
     print(f"wrote {args.n} samples{size} from {args.model} (store {store}) to {grid}"
           + (f"; single images in {each}" if each else ""))
     return 0

@@ -1,135 +1,53 @@
-"""`transsrgan train`: resolve the parameters from flags and run the train-transsrgan flow."""
+"""`transsrgan train`: flags from the flows' parameter models; runs train-transsrgan, or train-singan for --model singan."""
 
 import argparse
-import json
 import sys
+from typing import Any
 
-
-def add_config_options(p: argparse.ArgumentParser) -> None:
-    """Flags that map onto config fields; shared by train and the benchmarks."""
-    p.add_argument("--preset", choices=["tiny", "demo", "full"], default="demo",
-                   help="starting point: tiny (tests, seconds), demo (default, minutes on 2 CPU cores), full (thesis scale)")
-    p.add_argument("--data", metavar="PATH", help="data.source: 'digits' (default), an image folder or a manifest.parquet")
-    p.add_argument("--steps", type=int, metavar="N", help="train.steps: generator updates")
-    p.add_argument("--workers", type=int, metavar="N", help="spark.workers: DFAGD workers")
-    p.add_argument("--spark-master", metavar="URL", help="spark.master, e.g. local[2], local-cluster[2,1,1024], spark://h:7077")
-    p.add_argument("--model", choices=["transsrgan", "dcgan", "singan"], default="transsrgan", help="model.arch")
-    p.add_argument("--config", metavar="FILE", help="JSON or TOML file of config overrides, applied after the preset")
-    p.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
-                   help="any config field as a dotted key, e.g. --set train.lr_g=1e-4 (JSON values); repeatable")
-
-
-def parse_set(items: list[str]) -> dict:
-    """--set KEY=VALUE items as {dotted key: JSON value, or the raw string where it is not JSON}."""
-    from flows.errors import UsageError
-
-    out: dict = {}
-    for item in items or []:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UsageError(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-    return out
-
-
-def config_from_args(args: argparse.Namespace):
-    from flows.errors import UsageError
-    from models.config import ConfigError, resolve_config
-
-    overrides: dict = {}
-    if args.data:
-        overrides["data.source"] = args.data
-    if args.steps is not None:
-        overrides["train.steps"] = args.steps
-    if args.workers is not None:
-        overrides["spark.workers"] = args.workers
-    if args.spark_master:
-        overrides["spark.master"] = args.spark_master
-    if args.model in ("transsrgan", "dcgan") and args.model != "transsrgan":
-        overrides["model.arch"] = args.model
-    overrides.update(parse_set(args.set))
-    try:
-        return resolve_config(args.preset, overrides, args.config)
-    except ConfigError as exc:
-        raise UsageError(str(exc)) from exc
+from flows.cli import add_params, params_from_args
+from flows.params import SinGANParams, TrainParams
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="run the train-transsrgan flow (validate -> train -> evaluate -> register -> promote)",
                        description="Runs the train-transsrgan Prefect flow: the data gate, DFAGD training on Spark, "
-                                   "evaluation, registration and promotion in MLflow. Prints progress; ends with "
-                                   "the run id, the registered version, the champion and where to look. Skips "
-                                   "training when the data and config are unchanged since the last completed run "
-                                   "(--force trains anyway).")
-    add_config_options(p)
+                                   "evaluation, registration and promotion in MLflow (with --model singan: the "
+                                   "train-singan flow on one image). Prints progress; ends with the run id, the "
+                                   "registered version, the champion and where to look. Skips training when the "
+                                   "data and config are unchanged since the last completed run (--force trains "
+                                   "anyway). Every flag is a flow parameter; --set reaches any config key.")
+    add_params(p, TrainParams, SinGANParams)
     p.add_argument("--dry-run", action="store_true", help="print the resolved config as JSON and exit")
-    p.add_argument("--out", metavar="DIR", help="output folder (default $TRANSSRGAN_HOME/runs/<flow run name>)")
-    p.add_argument("--force", action="store_true", help="train even if data and config are unchanged")
-    p.add_argument("--engine", choices=["spark", "local"], default="spark",
-                   help="spark: DFAGD on Spark (default); local: the single-process reference trainer")
-    p.add_argument("--resume", nargs="?", const="latest", metavar="RUN",
-                   help="continue an interrupted run from its last checkpoint, in the same folder and MLflow run: "
-                        "a run folder, a checkpoint file, or nothing for the latest run under "
-                        "$TRANSSRGAN_HOME/runs; its config and data are the checkpoint's, so config flags are refused")
-    p.add_argument("--require-standard-features", action="store_true",
-                   help="fail evaluation instead of falling back to random Inception weights when the standard "
-                        "weights file is missing")
     p.set_defaults(func=run)
 
 
-# CLI names for the flow parameters, so that errors name the flag the user typed.
-FLAGS = {"preset": "--preset", "data": "--data (data.source)", "steps": "--steps (train.steps)",
-         "workers": "--workers (spark.workers)", "spark_master": "--spark-master (spark.master)",
-         "model": "--model (model.arch)", "config_file": "--config", "overrides": "--set", "resume": "--resume"}
-
-
-def params_from_args(args: argparse.Namespace) -> dict:
-    """The flow's parameters from the flags, validated the way the flow validates them."""
-    from pydantic import ValidationError
-
-    from flows.errors import UsageError
-    from flows.params import TrainParams, describe_error
-
-    overrides = parse_set(args.set)
-    try:
-        params = TrainParams(preset=args.preset, data=args.data, steps=args.steps, workers=args.workers,
-                             spark_master=args.spark_master,
-                             model=None if args.model == "transsrgan" else args.model,
-                             config_file=args.config, overrides=overrides or None, force=args.force,
-                             allow_random_features=not args.require_standard_features, engine=args.engine,
-                             resume=args.resume)
-    except ValidationError as exc:
-        raise UsageError(describe_error(exc, FLAGS)) from None
-    return params.model_dump()
-
-
 def run(args: argparse.Namespace) -> int:
-    from flows.params import TrainParams
-
-    if args.model == "singan":   # its own flow, train-singan, with its own parameters
-        from flows.commands.train_singan_cli import run_singan_from_cli
-
-        return run_singan_from_cli(args)
-    params = params_from_args(args)
+    singan = args.model == "singan"
+    params = params_from_args(args, SinGANParams if singan else TrainParams)
     if args.dry_run:
-        print(TrainParams(**params).to_config().to_json())
+        if getattr(params, "resume", None):
+            from tasks.runs import resume_point
+
+            config = resume_point(params.resume).config
+        else:
+            config = params.to_config()
+        print(config.to_json(config.sections()))
         return 0
     from flows.prefect_api import prefect_api
 
     with prefect_api() as where:
-        print(f"transsrgan train: running the train-transsrgan flow on {where}", flush=True)
-        from flows.train_transsrgan import train_transsrgan
-
-        try:
-            summary = train_transsrgan(**params, out_dir=args.out)
+        name = "train-singan" if singan else "train-transsrgan"
+        print(f"transsrgan train: running the {name} flow on {where}", flush=True)
+        if singan:
+            from flows.train_singan import train_singan as flow_fn
+        else:
+            from flows.train_transsrgan import train_transsrgan as flow_fn
+        try:   # the parameters were validated above; the flow validates them once more, as for any caller
+            summary = flow_fn(**params.model_dump())
         except Exception as exc:  # the flow run's log above has the traceback; end with one line
-            print(f"transsrgan train: the train-transsrgan flow failed: {type(exc).__name__}: {exc}",
-                  file=sys.stderr)
+            print(f"transsrgan train: the {name} flow failed: {type(exc).__name__}: {exc}", file=sys.stderr)
             return 1
-    print(report(summary, where))
+    print(singan_report(summary, where) if singan else report(summary, where))
     return 0
 
 
@@ -144,7 +62,7 @@ def _speed_line(t: dict) -> list[str]:
     return [line]
 
 
-def report(s: dict, where: str) -> str:
+def report(s: dict[str, Any], where: str) -> str:
     """The end of the output: what happened and where to look."""
     from tasks.tracking import configure_tracking
 
@@ -164,5 +82,30 @@ def report(s: dict, where: str) -> str:
                   f"checkpoint: {s['checkpoint']}"]
     lines += [f"data gate: {s['n_valid']} valid, {s['n_quarantined']} quarantined; reports in {s['validation_dir']}",
               f"MLflow:    store {configure_tracking()}; compare runs with `make ui` (http://127.0.0.1:5000)",
+              f"Prefect:   {where}"]
+    return "\n".join(lines)
+
+
+def singan_report(s: dict[str, Any], where: str) -> str:
+    """The end of the output: what happened and where to look."""
+    from tasks.tracking import configure_tracking
+
+    metrics = ", ".join(f"{k} {v:.4g}" for k, v in sorted(s["metrics"].items()))
+    sizes = " -> ".join(f"{h}x{w}" for h, w in s["sizes"])
+    lines = ["",
+             f"run id:    {s['run_id']} ({s['num_scales']} scales {sizes} in {s['train_wall_s']:.0f}s)",
+             f"metrics:   {metrics}  [features: {s['feature_extractor']}]"]
+    if not s["standard_weights"]:
+        lines.append("           (offline: no standard Inception weights file, so SIFID used seeded random "
+                     "features and is named sifid_inception_random; see docs/evaluation.md)")
+    lines += [f"version:   singan version {s['version']} registered for image {s['image']}",
+              f"champion:  {s['champion_alias']} is version {s['champion_version']} "
+              f"({'changed' if s['champion_changed'] else 'unchanged'}: {s['promotion_reason']}); "
+              f"`champion` -> version {s['champion_version']}",
+              f"samples:   {s['grid']}",
+              "           transsrgan sample --model models:/singan@champion -n 16 --out singan.png --seed 0",
+              f"checkpoint: {s['checkpoint']}",
+              f"data gate: image validated; reports in {s['validation_dir']}",
+              f"MLflow:    store {configure_tracking()}; experiment singan; `make ui` (http://127.0.0.1:5000)",
               f"Prefect:   {where}"]
     return "\n".join(lines)

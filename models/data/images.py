@@ -1,18 +1,59 @@
 """Users' own images: a folder (recursive) or a validated manifest, center-cropped and resized to the training size."""
 
 import os
+import stat
+from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+EXIF_ORIENTATION = 0x0112
+TRANSPOSED = (5, 6, 7, 8)     # EXIF orientations that rotate by 90 degrees: width and height swap
+GRAY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "F")   # one channel once alpha is composited
+
+
+class ImageReadError(ValueError):
+    """A file that cannot be read as an image; the message starts with its path and gives the reason."""
+
+
+def oriented_size(img: Image.Image) -> tuple[int, int]:
+    """(width, height) as the image is meant to be seen: after its EXIF orientation, as phones save photos."""
+    w, h = img.size
+    try:
+        orientation = img.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block means no orientation, as in every viewer
+        orientation = 1
+    return (h, w) if orientation in TRANSPOSED else (w, h)
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """The image turned by its EXIF orientation (a no-op without one); the gate, training and evaluation agree."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - see oriented_size
+        return img
+
+
+def channels_of(mode: str) -> int:
+    """1 for gray modes (with or without alpha, any bit depth), else 3: how evaluation infers the fakes' format."""
+    return 1 if mode in GRAY_MODES else 3
+
+
+def is_regular_file(path: str | Path) -> bool:
+    """True for a regular file (symlinks followed); FIFOs, sockets and devices are never opened (a FIFO blocks)."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def find_images(root: str | Path) -> list[Path]:
-    """Image files under root, sorted; symlinks are not followed (see the data gate for the report)."""
+    """Regular image files under root, sorted; symlinks are not followed (the data gate reports what is left out)."""
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"data.source: path does not exist: {root}")
@@ -22,13 +63,14 @@ def find_images(root: str | Path) -> list[Path]:
     for dirpath, _dirs, files in os.walk(root, followlinks=False):
         for name in files:
             p = Path(dirpath) / name
-            if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_symlink():
+            if p.suffix.lower() in IMAGE_SUFFIXES and not p.is_symlink() and is_regular_file(p):
                 found.append(p)
     return sorted(found)
 
 
 def to_array(img: Image.Image, resolution: int, channels: int) -> np.ndarray:
-    """Center crop to a square, resize, convert; returns uint8 (channels, resolution, resolution)."""
+    """Upright (EXIF orientation), center crop to a square, resize, convert; uint8 (channels, resolution, resolution)."""
+    img = upright(img)
     if img.mode in ("RGBA", "LA", "P", "PA"):
         img = img.convert("RGBA")
         bg = Image.new("RGBA", img.size, (255, 255, 255, 255))  # alpha composited on white, documented
@@ -48,26 +90,113 @@ def to_array(img: Image.Image, resolution: int, channels: int) -> np.ndarray:
     return arr[None] if channels == 1 else arr.transpose(2, 0, 1)
 
 
-def _load_one(args: tuple[str, int, int]) -> np.ndarray:
+def _load_one(args: tuple[str, int, int]) -> np.ndarray | str:
+    """uint8 (channels, res, res), or the reason the file is not an image ("code: detail"); never raises."""
     path, resolution, channels = args
-    with Image.open(path) as img:
-        img.draft("RGB" if channels == 3 else "L", (resolution * 2, resolution * 2))
-        return to_array(img, resolution, channels)
+    if not is_regular_file(path):
+        return "not-a-file: missing, or a device, socket or pipe (not read)"
+    try:
+        with Image.open(path) as img:
+            img.draft("RGB" if channels == 3 else "L", (resolution * 2, resolution * 2))
+            return to_array(img, resolution, channels)
+    except Image.DecompressionBombError as exc:
+        return f"too-large: {exc}"
+    except Image.UnidentifiedImageError:
+        return "decode-error: not an image PIL recognises (UnidentifiedImageError)"
+    except Exception as exc:  # noqa: BLE001 - PIL raises many types for bad data; all mean "does not decode"
+        return f"decode-error: {type(exc).__name__}: {exc}"
+
+
+def _load_all(paths: list[str], resolution: int, channels: int, workers: int) -> list[np.ndarray | str]:
+    jobs = [(p, resolution, channels) for p in paths]
+    workers = workers or min(os.cpu_count() or 1, 8)
+    if workers > 1 and len(jobs) > 256:
+        with ProcessPoolExecutor(workers) as pool:
+            return list(pool.map(_load_one, jobs, chunksize=64))
+    return [_load_one(j) for j in jobs]
 
 
 def load_paths(paths: Iterable[str | Path], resolution: int, channels: int, workers: int = 0) -> np.ndarray:
-    """uint8 (N, channels, res, res); decoding errors name the file."""
+    """uint8 (N, channels, res, res) of files that were checked before (a manifest); ImageReadError names a bad one."""
     paths = [str(p) for p in paths]
-    jobs = [(p, resolution, channels) for p in paths]
-    workers = workers or min(os.cpu_count() or 1, 8)
-    try:
-        if workers > 1 and len(jobs) > 256:
-            with ProcessPoolExecutor(workers) as pool:
-                arrays = list(pool.map(_load_one, jobs, chunksize=64))
-        else:
-            arrays = [_load_one(j) for j in jobs]
-    except OSError as exc:
-        raise OSError(f"data: cannot decode an image ({exc}); run `transsrgan validate` to quarantine bad files") from exc
+    arrays = _load_all(paths, resolution, channels, workers)
+    for path, arr in zip(paths, arrays):
+        if isinstance(arr, str):
+            raise ImageReadError(f"{path}: {arr}; run `transsrgan validate` on its folder to quarantine bad files")
     if not arrays:
         return np.zeros((0, channels, resolution, resolution), np.uint8)
     return np.stack(arrays)
+
+
+@dataclass
+class FolderImages:
+    """A folder read through the data gate's file checks: the images and every entry left out, with its reason."""
+
+    root: str
+    images: np.ndarray                                   # uint8 (N, C, res, res), in path order
+    paths: list[str]                                     # the file behind each image
+    skipped: list[tuple[str, str]] = field(default_factory=list)   # (path, "code: detail"), every other entry
+    unused: int = 0                                      # valid images beyond `limit`, not decoded
+
+    @property
+    def n_entries(self) -> int:
+        return len(self.paths) + len(self.skipped) + self.unused
+
+    def skipped_by_code(self) -> dict[str, list[tuple[str, str]]]:
+        groups: dict[str, list[tuple[str, str]]] = {}
+        for path, reason in self.skipped:
+            groups.setdefault(reason.split(":", 1)[0], []).append((path, reason))
+        return groups
+
+    def summary(self) -> list[str]:
+        """One line per kind of skipped entry: count, the first one's reason and path."""
+        return [f"skipped {len(group)} of {self.n_entries} entries: {group[0][1]} (e.g. {group[0][0]})"
+                for group in self.skipped_by_code().values()]
+
+    def counts(self) -> str:
+        """'decode-error 3, not-a-file 1': the skipped entries by kind."""
+        return ", ".join(f"{code} {n}" for code, n in Counter(r.split(":", 1)[0] for _, r in self.skipped).items())
+
+
+def read_folder(root: str | Path, resolution: int | None = None, channels: int | None = None, *,
+                max_pixels: int, formats: Iterable[str], modes: Iterable[str], limit: int = 0,
+                workers: int = 0) -> FolderImages:
+    """Images under root that pass the data gate's file checks, read like training reads them.
+
+    The checks are models.data.manifest's scan and probe (regular UTF-8-named image files only, never a link,
+    FIFO or device; decodes; still; at most max_pixels) plus the gate's format and mode lists; files that
+    pass but fail to decode fully are skipped too. Nothing raises for a single file. resolution / channels
+    default to the first valid image's shorter side and mode; `limit` > 0 decodes only that many.
+    """
+    # imported here: models.data.manifest imports this module (suffixes, oriented sizes)
+    from models.data.manifest import build_manifest
+
+    formats, modes = set(formats), set(modes)
+    valid, skipped = [], []
+    for e in build_manifest(root, workers=workers, max_pixels=max_pixels):
+        reason = e.scan_error or e.decode_error
+        if reason is None and e.format not in formats:
+            reason = f"format: {e.format} is not one of data.allowed_formats {sorted(formats)}"
+        if reason is None and e.mode not in modes:
+            reason = f"mode: {e.mode} is not one of data.allowed_modes {sorted(modes)}"
+        if reason is None:
+            valid.append(e)
+        else:
+            skipped.append((e.path, reason))
+    if valid:
+        resolution = resolution or min(valid[0].width, valid[0].height)
+        channels = channels or channels_of(valid[0].mode)
+    resolution, channels = resolution or 1, channels or 1
+    want = limit or len(valid)
+    paths, arrays, done = [], [], 0
+    while len(arrays) < want and done < len(valid):   # a file that fails to decode is replaced by the next one
+        todo = valid[done:done + want - len(arrays)]
+        done += len(todo)
+        for e, arr in zip(todo, _load_all([e.path for e in todo], resolution, channels, workers)):
+            if isinstance(arr, str):
+                skipped.append((e.path, arr))
+            else:
+                paths.append(e.path)
+                arrays.append(arr)
+    images = np.stack(arrays) if arrays else np.zeros((0, channels, resolution, resolution), np.uint8)
+    return FolderImages(str(root), images, paths, sorted(skipped), unused=len(valid) - done)

@@ -11,7 +11,7 @@ import hashlib
 import io
 import os
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from models.data.images import IMAGE_SUFFIXES
+from models.data.images import IMAGE_SUFFIXES, oriented_size
+from models.files import LEDGER
 
 STATS_SIDE = 64              # statistics are computed on a copy downscaled to about this side
 IN_MEMORY_BYTES = 8 << 20    # files up to this size are read once (hash + decode from memory)
@@ -124,6 +125,8 @@ def scan(root: str | Path, exclude: Path | None = None) -> tuple[list[Entry], li
         dirs[:] = sorted(d for d in dirs if not os.path.islink(os.path.join(dirpath, d))
                          and (exclude is None or Path(dirpath, d) != exclude))
         for name in sorted(files):
+            if name == LEDGER:   # the project's list of the files it wrote there: bookkeeping, not data
+                continue
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root)
             if os.path.islink(full):
@@ -193,8 +196,13 @@ def probe(e: Entry, max_pixels: int) -> Entry:
     try:
         with Image.open(src) as img:   # lazy: reads the header only
             e.format, e.mode = img.format, img.mode
-            e.width, e.height = img.size
+            e.width, e.height = oriented_size(img)
             e.channels = len(img.getbands())
+            frames = getattr(img, "n_frames", 1)
+            if frames > 1:
+                e.decode_error = (f"animated: {frames} frames; only still images train (save the frame you "
+                                  "want as a still image)")
+                return e
             if e.width * e.height > max_pixels:
                 e.decode_error = (f"too-large: {e.width}x{e.height} = {e.width * e.height} pixels > "
                                   f"data.max_pixels ({max_pixels}); not decoded")
@@ -239,6 +247,22 @@ def build_manifest(root: str | Path, workers: int = 0, max_pixels: int = 89_478_
     else:
         probed = [e for job in jobs for e in _probe_chunk(job)]
     return sorted(probed + rejected, key=lambda e: e.relpath)
+
+
+def duplicates(rows: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """Exact copies among (relpath, sha256) rows: {relpath: kept relpath} for every copy but the first by relpath.
+
+    One copy of each content trains; the others are duplicates, which are not broken files: the gate reports them
+    and counts them against data.max_duplicate_fraction, not data.max_bad_fraction.
+    """
+    kept: dict[str, str] = {}
+    copies: dict[str, str] = {}
+    for rel, sha in sorted(rows):
+        if sha in kept:
+            copies[rel] = kept[sha]
+        else:
+            kept[sha] = rel
+    return copies
 
 
 def fingerprint(hashes: list[str], settings: dict) -> str:

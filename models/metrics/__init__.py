@@ -1,4 +1,4 @@
-"""GAN evaluation on pytorch-fid's InceptionV3 features: FID, KID, precision/recall, density/coverage, MS-SSIM."""
+"""GAN evaluation: FID, KID, precision/recall, density/coverage, MS-SSIM (registry); SinGAN's SIFID in sifid.py."""
 
 # Importing the metric modules registers them (@register_metric).
 from models.metrics import diversity, fid, kid, prdc  # noqa: F401

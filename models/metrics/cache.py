@@ -2,12 +2,11 @@
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from models.files import atomic_path
 from models.paths import data_home
 
 
@@ -41,17 +40,11 @@ def load_real(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
 
 
 def save_real(path: Path, features: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> Path:
-    """Write to a temp file in the same folder, then os.replace: readers never see half a file.
+    """Atomic (models.files.atomic_path): readers never see half a file.
 
     The keys `mu` and `sigma` make the file usable by pytorch-fid directly: `python -m pytorch_fid FILE.npz DIR`.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez(fh, features=features, mu=mu, sigma=sigma)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    # a file handle, not a name: np.savez would append ".npz" to the temporary name
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, features=features, mu=mu, sigma=sigma)
+    return Path(path)

@@ -6,6 +6,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from models.files import atomic_path
 from models.grid import make_grid
 
 LOSS_KEYS = ("loss_d", "loss_g", "gradient_penalty")
@@ -17,10 +18,14 @@ def _grid(images: np.ndarray, n: int) -> np.ndarray:
     return g[..., 0] if g.shape[-1] == 1 else g
 
 
+def _save(fig: Figure, path: str | Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)
+
+
 def save_real_vs_fake(real: np.ndarray, fake: np.ndarray, path: str | Path, n: int = 64) -> Path:
     """Two grids side by side, titled 'real' and 'fake'; real and fake are uint8 (N, C, H, W)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     fig = Figure(figsize=(10, 5.4), dpi=100)
     FigureCanvasAgg(fig)
     for ax, images, title in zip(fig.subplots(1, 2), (real, fake), ("real", "fake")):
@@ -29,14 +34,11 @@ def save_real_vs_fake(real: np.ndarray, fake: np.ndarray, path: str | Path, n: i
         ax.set_title(f"{title} ({min(n, len(images))} of {len(images)})")
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return _save(fig, path)
 
 
 def save_loss_curves(history: list[dict], path: str | Path, keys: tuple[str, ...] = LOSS_KEYS) -> Path:
     """GANState.history (dicts with 'step' and metric values) -> one panel per key present, against the step."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     present = [k for k in keys if any(k in h for h in history)]
     if not present:
         raise ValueError(f"history: no entries with any of {list(keys)} to plot ({len(history)} entries)")
@@ -50,5 +52,4 @@ def save_loss_curves(history: list[dict], path: str | Path, keys: tuple[str, ...
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path)
-    return path
+    return _save(fig, path)

@@ -1,13 +1,12 @@
 """Save/load the whole pyramid: per-scale G/D state dicts, noise amps, the fixed noise, image and config."""
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from models.singan.config import singan_config_from_dict
+from models.config import singan_config_from_dict
+from models.files import atomic_path
 from models.singan.networks import build_scale, freeze
 from models.singan.state import SinGANState, resolve_device
 
@@ -29,20 +28,10 @@ def state_to_dict(state: SinGANState) -> dict[str, Any]:
 
 
 def save_singan(state: SinGANState, path: str | Path) -> Path:
-    """Atomic: write a temp file in the same folder, fsync, rename; a crash never leaves a torn file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state_to_dict(state), fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Atomic (models.files.atomic_path): a crash never leaves a torn file, and an older one stays until replaced."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(state_to_dict(state), fh)
+    return Path(path)
 
 
 def state_from_dict(ckpt: dict[str, Any], device: str | None = None) -> SinGANState:

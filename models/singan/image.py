@@ -15,12 +15,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from models.singan.config import DEFAULT_IMAGE
-
-SKIMAGE_PREFIX = "skimage:"
-# Bundled inside the scikit-image wheel (no pooch download); texture-like photos suit SinGAN best.
-BUNDLED = ("hubble_deep_field", "astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
-           "brick", "grass", "gravel", "camera", "coins")
+from models.config import BUNDLED, SKIMAGE_PREFIX
+from models.config import DEFAULT_SINGAN_IMAGE as DEFAULT_IMAGE
 
 
 def to_mode(img: Image.Image, channels: int) -> Image.Image:

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.singan.config import SinGANConfig
+from models.config import SinGANConfig
 
 
 def gradient_penalty(D: nn.Module, real: torch.Tensor, fake: torch.Tensor, cfg: SinGANConfig,

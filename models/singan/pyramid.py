@@ -5,8 +5,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from models.config import ConfigError
-from models.singan.config import SinGANConfig
+from models.config import ConfigError, SinGANConfig
 
 _EPS = 1e-6  # float slack so that 25.000000001 does not ceil to 26
 

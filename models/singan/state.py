@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from models.singan.config import SinGANConfig
+from models.config import SinGANConfig
 from models.singan.pyramid import build_pyramid, resize, scale_sizes
 
 

@@ -7,11 +7,13 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from models.config import SinGANConfig
+from models.singan.image import load_image
 from models.singan.losses import d_loss, g_adv_loss, reconstruction_loss
 from models.singan.networks import build_scale, freeze
 from models.singan.pyramid import resize
 from models.singan.sampling import run_pyramid
-from models.singan.state import SinGANState, draw_noise, rec_noise
+from models.singan.state import SinGANState, draw_noise, init_state, rec_noise
 
 METRIC_NAMES = ("loss_d", "loss_g", "loss_rec", "gradient_penalty", "grad_norm_d", "grad_norm_g", "s_per_iter")
 
@@ -136,15 +138,24 @@ def train_scale(state: SinGANState, *, on_log: Callback | None = None, should_st
     return latest
 
 
-def train_singan(state: SinGANState, *, on_log: Callback | None = None, on_scale_end: Callback | None = None,
-                 should_stop: Callable[[], bool] | None = None,
-                 print_fn: Callable[[str], None] | None = print) -> SinGANState:
-    """Train the remaining scales coarse to fine (resumes after the last finished scale); returns the state.
+def fit(cfg: SinGANConfig, *, state: SinGANState | None = None, on_log: Callback | None = None,
+        on_scale_end: Callback | None = None, should_stop: Callable[[], bool] | None = None,
+        print_fn: Callable[[str], None] | None = print) -> SinGANState:
+    """Train a SinGAN pyramid coarse to fine and return it: a fresh one on cfg.image when `state` is None, else
+    the remaining scales of `state` (e.g. a checkpoint's; it must have been built with cfg).
 
     on_log(state, metrics) gets window-averaged METRIC_NAMES plus scale, iter, step, noise_amp;
-    on_scale_end(state, metrics) runs after each scale is frozen (a natural checkpoint point).
+    on_scale_end(state, metrics) runs after each scale is frozen (a natural checkpoint point);
+    should_stop() turning true ends training after dropping the unfinished scale.
     """
-    cfg = state.config
+    if state is None:
+        state = init_state(load_image(cfg.image, cfg.channels), cfg.validate())
+        if print_fn:
+            print_fn(f"SinGAN on {cfg.image}: {state.num_scales} scales, "
+                     f"{' -> '.join(f'{h}x{w}' for h, w in state.sizes)}")
+    elif state.config != cfg:
+        raise ValueError("state: expected a pyramid built with the given config; continue a checkpoint with "
+                         "fit(state.config, state=state)")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Chaos scenarios of tracking: an MLflow server that dies mid-run (and comes back, or not), credentials in its URI."""
+"""Scenarios of tracking: an MLflow server that dies mid-run (and comes back, or not), credentials in its URI."""
 
 import contextlib
 import os
@@ -10,15 +10,16 @@ from collections.abc import Iterator
 
 from mlflow.tracking import MlflowClient
 
+from chaos.harness import ChaosContext, Outcome, scenario, tracking_store
+from chaos.services import REPO_ROOT, Service, mlflow_server
 from models.checkpoint import read_checkpoint
 from models.config import resolve_config
 from models.data import load_dataset
 from models.step import build_state
 from models.trainer import LocalGradSource, train
-from tasks.chaos import ChaosContext, Outcome, scenario, tracking_store
-from tasks.mlflow_sink import MlflowSink, TrackingUnavailable
-from tasks.services import REPO_ROOT, Service, mlflow_server
+from tasks.sink import TrackingUnavailable
 from tasks.tracking import start_training_run
+from tasks.train import GANSink as MlflowSink
 
 DOWN_AT = 10          # the server is SIGKILLed when training logs this step
 DOWN_FOR_S = 6.0      # ... and started again once training has gone on this long without it
@@ -147,7 +148,7 @@ _CREDENTIALS = textwrap.dedent("""
     from models.data import load_dataset
     from models.step import build_state
     from models.trainer import LocalGradSource, train
-    from tasks.mlflow_sink import MlflowSink
+    from tasks.train import GANSink as MlflowSink
     from tasks.tracking import configure_tracking, start_training_run
     print("store", configure_tracking(sys.argv[1]))
     cfg = resolve_config("tiny", {"train.steps": 3, "train.log_every": 1, "train.sample_every": 0})

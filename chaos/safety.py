@@ -1,4 +1,4 @@
-"""Chaos scenarios of the safe defaults: weights-only loading, symlinks out of the data root, loopback-only servers."""
+"""Scenarios of the safe defaults: weights-only loading, symlinks out of the data root, loopback-only servers."""
 
 import os
 import pickle
@@ -8,12 +8,12 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from chaos.harness import ChaosContext, Outcome, brief, scenario
+from chaos.services import LOOPBACK, listening_addresses, mlflow_server
 from models.checkpoint import read_checkpoint
 from models.config import DataConfig, resolve_config
 from models.data import load_dataset
 from spark_training.dfagd import train_dfagd
-from tasks.chaos import ChaosContext, Outcome, brief, scenario
-from tasks.services import LOOPBACK, listening_addresses, mlflow_server
 
 
 class _Payload:

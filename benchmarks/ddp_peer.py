@@ -8,29 +8,29 @@ the gradient penalty's double backward through three D forwards; the communicati
 all-reduce of all gradients per update, DDP would bucket it).
 """
 
+import sys
 import time
 from typing import Any
 
 import torch
 
-from models.step import G_PHASE, GANState
-
 
 def ddp_rank_main(config: dict[str, Any], warmup: int, steps: int, threads: int) -> dict[str, float]:
     """One rank (run under torchrun by TorchDistributor); every rank returns the same timing dict."""
+    # Imports live here: this function travels by value (run_ddp), and names that only the nested class body
+    # reads (its annotations) would not travel with it as module globals.
     import torch.distributed as dist
 
     from models.config import config_from_dict
     from models.data import ImageSet, load_dataset, partition_bounds
-    from models.step import build_state
+    from models.step import G_PHASE, GANState, build_state
     from models.trainer import train
     from spark_training.worker import PartitionWorker, owned_partitions
 
     torch.set_num_threads(threads)
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
-    cfg = config_from_dict(config)
-    cfg.spark.workers = world
+    cfg = config_from_dict(config).updated({"spark.workers": world})
     data = load_dataset(cfg.data.source, cfg.model.resolution, cfg.model.channels, cfg.data.limit)
     bounds = partition_bounds(len(data), cfg.partitions)
     blocks = {p: ImageSet(data.images[a:b], data.labels[a:b] if data.labels is not None else None, "rank")
@@ -69,7 +69,16 @@ def ddp_rank_main(config: dict[str, Any], warmup: int, steps: int, threads: int)
 
 def run_ddp(config: dict[str, Any], workers: int, warmup: int, steps: int, threads: int) -> dict[str, float]:
     """TorchDistributor(local_mode=True, use_gpu=False) with `workers` processes; needs an active SparkSession."""
+    from pyspark import cloudpickle
     from pyspark.ml.torch.distributor import TorchDistributor
 
-    dist = TorchDistributor(num_processes=workers, local_mode=True, use_gpu=False)
-    return dist.run(ddp_rank_main, config, warmup, steps, threads)
+    # The ranks unpickle ddp_rank_main in fresh torchrun processes, where benchmarks/ (not installed, never
+    # shipped to Spark) may not be importable: send this module's code by value; models/ and spark_training/
+    # are imported there as usual.
+    module = sys.modules[__name__]
+    cloudpickle.register_pickle_by_value(module)
+    try:
+        dist = TorchDistributor(num_processes=workers, local_mode=True, use_gpu=False)
+        return dist.run(ddp_rank_main, config, warmup, steps, threads)
+    finally:
+        cloudpickle.unregister_pickle_by_value(module)

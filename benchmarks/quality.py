@@ -5,16 +5,16 @@ engine="local" and as many torch threads as DFAGD uses cores), on the same data,
 discriminator, loss and optimiser settings: only model.arch (the generator) differs. Each gets `minutes` of
 training, in round-robin slices (A, B, A, B, ...) so both see the same background load; each slice's clock
 starts at the trainer's first should_stop() call, i.e. after Spark's workers are up, so start-up costs count
-for neither. A few EMA-generator snapshots are taken during the budget and evaluated
-afterwards (cheap n, KID/PRDC only: no 2048x2048 sqrtm) for the metric curves over time; the final generators
-are evaluated with models.metrics.evaluate_images on the same n against the same fixed real subset.
-Returns the `bench quality` JSON dict of PRODUCT.md (plus details); the caller logs to MLflow.
+for neither. A few EMA-generator snapshots are taken during the budget and evaluated afterwards (cheap n,
+KID/PRDC only: no 2048x2048 sqrtm) for the metric curves over time; the final generators are evaluated with
+models.metrics.evaluate_images on the same n against the same fixed real subset. Returns the `bench quality`
+JSON dict (plus details); the caller logs to MLflow.
 """
 
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from torch import nn
 from models import count_params
 from models.config import Config, EvalConfig, resolve_config
 from models.data import ImageSet, load_dataset
+from models.files import atomic_path
 from models.grid import sample, to_uint8
 from models.metrics import EvalResult, evaluate_images
 from models.metrics.evaluate import real_subset
@@ -35,8 +36,9 @@ MODELS = ("transsrgan", "dcgan")
 ENGINES = ("spark", "local")
 SAMPLE_SEED = 0           # noise seed of every evaluated / plotted sample
 CURVE_METRICS = ("kid", "prdc")   # unbiased KID needs no sqrtm: cheap enough for several points per model
-# Metrics the issue's target is judged on (base names; public names carry the extractor without standard weights).
+# Metrics the verdict is judged on (base names; public names carry the extractor without standard weights).
 TARGET = {"fid": "lower", "kid": "lower", "recall": "no_worse", "coverage": "no_worse"}
+Clock = Callable[[], float]       # seconds, monotonic (time.perf_counter; tests pass a fake one)
 
 
 @dataclass
@@ -46,7 +48,7 @@ class TrainedModel:
     name: str
     config: Config
     state: GANState
-    train_s: float                                   # wall seconds from the first iteration to the last
+    train_s: float                                   # seconds of training: the clock at the last stop check
     snapshots: list[tuple[float, int, nn.Module]] = field(default_factory=list)   # (t_s, step, G_ema copy)
     log_times: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # (t_s, trainer metrics)
     marks: list[float] = field(default_factory=list)  # snapshot times still to take
@@ -75,13 +77,14 @@ def generated(G: nn.Module, n: int, config: Config) -> np.ndarray:
 
 
 def train_for_budget(config: Config, budget_s: float, data: ImageSet, *, engine: str = "spark", spark=None,
-                     snapshots: int = 2, print_fn: Callable[[str], None] | None = print) -> TrainedModel:
+                     snapshots: int = 2, print_fn: Callable[[str], None] | None = print,
+                     clock: Clock = time.perf_counter) -> TrainedModel:
     """Train config until budget_s wall seconds of training have passed (checked before every iteration).
 
     snapshots: EMA-generator copies taken at evenly spaced times inside the budget (the final one is the result).
     """
     run = start_run(config, budget_s, snapshots)
-    advance(run, budget_s, data, engine=engine, spark=spark, print_fn=print_fn)
+    advance(run, budget_s, data, engine=engine, spark=spark, print_fn=print_fn, clock=clock)
     return run
 
 
@@ -95,19 +98,24 @@ def start_run(config: Config, budget_s: float, snapshots: int = 2) -> TrainedMod
 
 
 def advance(run: TrainedModel, until_s: float, data: ImageSet, *, engine: str = "spark", spark=None,
-            print_fn: Callable[[str], None] | None = print) -> None:
+            print_fn: Callable[[str], None] | None = print, clock: Clock = time.perf_counter) -> None:
     """Continue training until run.train_s >= until_s (the run's own clock: seconds of training so far).
 
-    The clock of this call starts at the trainer's first should_stop(), i.e. after DFAGD's workers are up.
+    This call's time starts at the trainer's first should_stop(), i.e. after DFAGD's workers are up. Every check
+    reads `clock` once and that one reading is the stop decision, the snapshot time and run.train_s, so
+    snapshot times <= train_s and train_s >= until_s hold by construction, and train_s never goes backwards.
     """
     if engine not in ENGINES:
         raise ValueError(f"engine: expected one of {ENGINES}, got {engine!r}")
-    state, before, clock = run.state, run.train_s, {}
+    state, before, start = run.state, run.train_s, []
     if print_fn is not None:   # the trainer's ETA assumes train.steps, which a time budget does not use
         say, print_fn = print_fn, lambda m: say(m.split(" ETA ")[0])
 
     def elapsed() -> float:
-        return before + time.perf_counter() - clock.setdefault("t0", time.perf_counter())
+        now = clock()
+        if not start:          # the first reading starts this call's time: elapsed = before exactly
+            start.append(now)
+        return before + (now - start[0])
 
     def should_stop() -> bool:
         t = elapsed()
@@ -142,7 +150,7 @@ def evaluate_run(run: TrainedModel, real: np.ndarray, eval_cfg: EvalConfig, *, f
     final = evaluate_images(generated(run.state.G_ema, eval_cfg.n_samples, run.config), real, config=eval_cfg,
                             fingerprint=fingerprint, seed=SAMPLE_SEED)
     curve: list[dict[str, float]] = []
-    cheap = replace(eval_cfg, metrics=CURVE_METRICS, n_samples=curve_n)
+    cheap = EvalConfig(**{**eval_cfg.to_dict(), "metrics": CURVE_METRICS, "n_samples": curve_n})
     for t, step, G in run.snapshots:
         res = evaluate_images(generated(G, curve_n, run.config), real, config=cheap, fingerprint=fingerprint,
                               seed=SAMPLE_SEED)
@@ -153,7 +161,8 @@ def evaluate_run(run: TrainedModel, real: np.ndarray, eval_cfg: EvalConfig, *, f
 
 
 def verdict(metrics: dict[str, dict[str, float]], standard_weights: bool) -> dict[str, Any]:
-    """Per target metric: which model is better, and whether TransSRGAN meets the issue's target overall."""
+    """Per target metric: which model is better, and whether TransSRGAN meets the target overall (better on the
+    Frechet distance and KID, no worse on recall and coverage)."""
     from models.metrics.registry import public_name
 
     out: dict[str, Any] = {}
@@ -174,9 +183,9 @@ def verdict(metrics: dict[str, dict[str, float]], standard_weights: bool) -> dic
 
 def bench_quality(configs: dict[str, Config], minutes: float, data: ImageSet, *, data_name: str,
                   engine: str = "spark", fingerprint: str | None = None, curve_points: int = 2, curve_n: int = 64,
-                  slices: int = 0, print_fn: Callable[[str], None] | None = print
+                  slices: int = 0, print_fn: Callable[[str], None] | None = print, clock: Clock = time.perf_counter
                   ) -> tuple[dict[str, Any], dict[str, TrainedModel]]:
-    """Train every config for `minutes`, evaluate all on the same n; returns (PRODUCT.md JSON dict, runs).
+    """Train every config for `minutes`, evaluate all on the same n; returns (the JSON dict, runs).
 
     slices: the budget is trained in this many round-robin slices per model (default: one per minute), so that
     both models see the same background load on a shared machine; DFAGD's worker start-up per slice is not
@@ -204,9 +213,9 @@ def bench_quality(configs: dict[str, Config], minutes: float, data: ImageSet, *,
         from spark_training.session import spark_session
 
         with spark_session(first.spark, "transsrgan-bench-quality") as spark:
-            interleave(runs, budget_s, slices, data, engine, spark, print_fn, say)
+            interleave(runs, budget_s, slices, data, engine, spark, print_fn, say, clock=clock)
     else:
-        interleave(runs, budget_s, slices, data, engine, None, print_fn, say)
+        interleave(runs, budget_s, slices, data, engine, None, print_fn, say, clock=clock)
     models: dict[str, Any] = {}
     results: dict[str, EvalResult] = {}
     for name, run in runs.items():
@@ -228,11 +237,14 @@ def bench_quality(configs: dict[str, Config], minutes: float, data: ImageSet, *,
 
 
 def interleave(runs: dict[str, TrainedModel], budget_s: float, slices: int, data: ImageSet, engine: str, spark,
-                print_fn, say) -> None:
+               print_fn: Callable[[str], None] | None, say: Callable[[str], None], *,
+               clock: Clock = time.perf_counter) -> None:
     """Round-robin slices of budget_s / slices per model, so both see the same load on a shared machine."""
     for i in range(slices):
+        # the last slice ends at budget_s itself (budget_s * k / k can miss it by one rounding step)
+        until = budget_s if i + 1 == slices else budget_s * (i + 1) / slices
         for name, run in runs.items():
-            advance(run, budget_s * (i + 1) / slices, data, engine=engine, spark=spark, print_fn=print_fn)
+            advance(run, until, data, engine=engine, spark=spark, print_fn=print_fn, clock=clock)
             say(f"  {name}: {run.iterations} iterations after {run.train_s:.0f}s of training "
                 f"(slice {i + 1}/{slices})")
 
@@ -279,7 +291,6 @@ def save_figure(result: dict[str, Any], runs: dict[str, TrainedModel], real: np.
     from models.grid import make_grid
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     cols = 1 + len(runs)
     fig = Figure(figsize=(4.2 * cols, 8.4), dpi=100)
     FigureCanvasAgg(fig)
@@ -311,5 +322,6 @@ def save_figure(result: dict[str, Any], runs: dict[str, TrainedModel], real: np.
     for ax in top[1][2:]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path

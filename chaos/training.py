@@ -1,4 +1,4 @@
-"""Chaos scenarios of the training loop: SIGKILL of the whole run and --resume, NaN steps, divergence, full disk."""
+"""Scenarios of the training loop: SIGKILL of the whole run and --resume, NaN steps, divergence, full disk."""
 
 import os
 import re
@@ -12,14 +12,15 @@ from pathlib import Path
 
 import torch
 
+from chaos.faults import NaNGradients
+from chaos.harness import ChaosContext, Outcome, brief, scenario
+from chaos.services import REPO_ROOT
 from models.checkpoint import read_checkpoint
 from models.config import config_from_dict, resolve_config
 from models.data import load_dataset
 from models.step import build_state, get_flat
 from models.trainer import LocalGradSource, train
-from tasks.chaos import ChaosContext, Outcome, brief, scenario
-from tasks.resume import read_run_record
-from tasks.services import REPO_ROOT
+from tasks.runs import read_run_record
 
 STEPS = 40
 EVERY = 5            # checkpoint interval of the CLI scenarios
@@ -48,7 +49,7 @@ def _metric_steps(run_id: str, home: Path, key: str = "loss_d") -> tuple[set[int
     """The steps at which `key` was logged to the run, and the run's status, in the session's embedded store."""
     from mlflow.tracking import MlflowClient
 
-    from tasks.chaos import tracking_store
+    from chaos.harness import tracking_store
 
     with tracking_store(f"sqlite:///{home / 'mlflow.db'}"):
         client = MlflowClient()
@@ -109,10 +110,9 @@ def nan_step_skipped(ctx: ChaosContext) -> Outcome:
     over = {"train.steps": 8, "train.log_every": 1, "train.sample_every": 0, "train.checkpoint_every": 0,
             "data.limit": 256}
     data = load_dataset("digits", 16, 1, limit=256)
-    faulty = resolve_config("tiny", {**over, "train.chaos_nan_steps": "3"})
-    lines: list[str] = []
-    got = train(build_state(faulty), LocalGradSource(data, faulty), print_fn=lines.append)
     clean = resolve_config("tiny", over)
+    lines: list[str] = []
+    got = train(build_state(clean), NaNGradients(LocalGradSource(data, clean), range(3, 4)), print_fn=lines.append)
     want = build_state(clean)
     src = LocalGradSource(data, clean)
     train(want, src, steps=3, print_fn=None)
@@ -131,7 +131,7 @@ def nan_step_skipped(ctx: ChaosContext) -> Outcome:
 def divergence_stops(ctx: ChaosContext) -> Outcome:
     out = ctx.folder("run")
     res = ctx.run_cli("train", *TINY, "--steps", "30", "--out", str(out), "--force",
-                      "--set", "train.chaos_nan_steps=12-29", "--set", "train.max_bad_steps=3")
+                      "--set", "train.max_bad_steps=3", faults=("--nan-steps", "12-29"))
     (ctx.current / "train.log").write_text(res.stdout + res.stderr)
     last_line = (res.stderr.strip().splitlines() or [""])[-1]
     clear = res.returncode == 1 and "training diverged" in last_line and "last good checkpoint" in last_line
@@ -139,7 +139,7 @@ def divergence_stops(ctx: ChaosContext) -> Outcome:
     finite = all(torch.isfinite(t).all() for k in ("G", "D", "G_ema") for t in ckpt[k].values())
     from mlflow.tracking import MlflowClient
 
-    from tasks.chaos import tracking_store
+    from chaos.harness import tracking_store
 
     run_id = read_run_record(out)["mlflow_run_id"]
     with tracking_store(f"sqlite:///{ctx.home / 'mlflow.db'}"):

@@ -8,6 +8,9 @@
                   + reductions * rtt               one round trip per synchronous reduction
     scheduling(N) = s0 + s1 * log2(N)              waiting for the slowest of N workers (straggler ~ log N)
     throughput(N) = N * b(N) / T(N);   speedup(N) = throughput(N) / throughput(1);   efficiency = speedup / N
+
+Every coefficient is >= 0 (a negative intercept or slope is noise, not a cost), and the fit reports its RMS
+residual on the runs it was fitted to, so a prediction carries how well the model explained the measurements.
 """
 
 import math
@@ -37,6 +40,8 @@ class CostModel:
     s0: float
     s1: float
     rtt_s: float = 200e-6     # assumed LAN round trip per reduction
+    residual_s: float = 0.0   # RMS of (fitted - measured) s/iter over the runs fitted, network terms excluded
+    fitted_runs: int = 0      # runs the fit saw; with 2 every line fits exactly unless clamped
 
     def images_per_worker(self, n: int) -> float:
         return max(self.global_batch / n, 1.0)
@@ -47,6 +52,11 @@ class CostModel:
         exchange = self.x0 + self.x1 * n + n * self.bytes_per_worker / bw + self.reductions * self.rtt_s
         scheduling = self.s0 + self.s1 * math.log2(n)
         return compute + max(exchange, 0.0) + max(scheduling, 0.0)
+
+    def measured_machine_s(self, n: int) -> float:
+        """The fitted s/iter on the measured machine: the fitted terms only (no bandwidth or round-trip terms)."""
+        return (self.c0 + self.c_img * self.images_per_worker(n) + self.x0 + self.x1 * n
+                + self.s0 + self.s1 * math.log2(n))
 
     def throughput(self, n: int, network_gbit: float) -> float:
         return n * self.images_per_worker(n) / self.iteration_s(n, network_gbit)
@@ -67,17 +77,29 @@ class CostModel:
             "star topology, no compression); the driver's link is the bottleneck",
             f"{self.reductions} synchronous reductions per iteration, {self.rtt_s * 1e6:.0f} us round trip each",
             "straggler wait grows with log2(executors), fitted from the measured scheduling time",
-            "fitted: " + ", ".join(f"{k}={v:.4g}" for k, v in asdict(self).items()
-                                   if k in ("c0", "c_img", "x0", "x1", "s0", "s1")),
+            "fitted (all >= 0): " + ", ".join(f"{k}={v:.4g}" for k, v in asdict(self).items()
+                                              if k in ("c0", "c_img", "x0", "x1", "s0", "s1")),
+            f"fit residual: {self.residual_s:.4g} s/iter RMS on the {self.fitted_runs} measured runs"
+            + (" (each fitted line passes through 2 points unless a coefficient was clamped: this says little "
+               "about the model)" if self.fitted_runs <= 2 else ""),
         ]
 
 
 def _fit_line(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    """Least squares y = a + b x; one point gives b = 0."""
+    """Least squares y = a + b x with a, b >= 0 (y >= 0 is a duration); one distinct x gives b = 0.
+
+    A negative coefficient is fixed at 0 and the other one refitted: b < 0 gives the mean (a flat line),
+    a < 0 the line through the origin.
+    """
+    x, y = np.asarray(xs, dtype=float), np.asarray(ys, dtype=float)
     if len(set(xs)) < 2:
-        return float(np.mean(ys)), 0.0
-    A = np.stack([np.ones(len(xs)), np.asarray(xs, dtype=float)], axis=1)
-    (a, b), *_ = np.linalg.lstsq(A, np.asarray(ys, dtype=float), rcond=None)
+        return max(float(y.mean()), 0.0), 0.0
+    A = np.stack([np.ones(len(x)), x], axis=1)
+    (a, b), *_ = np.linalg.lstsq(A, y, rcond=None)
+    if b < 0:
+        return max(float(y.mean()), 0.0), 0.0
+    if a < 0:
+        return 0.0, max(float(x @ y / (x @ x)), 0.0)
     return float(a), float(b)
 
 
@@ -88,11 +110,16 @@ def fit(measurements: list[Measurement], global_batch: int, reductions: int, byt
     ns = [m.workers for m in measurements]
     compute = [m.compute_cpu_s if m.compute_cpu_s is not None else m.compute_s for m in measurements]
     c0, c_img = _fit_line([global_batch / n for n in ns], compute)
-    if c_img <= 0:                      # noise: attribute all compute to the images
+    if c_img == 0:                      # compute did not shrink with N (noise): attribute all of it to the images
         c0, c_img = 0.0, float(np.mean([c * m.workers / global_batch for c, m in zip(compute, measurements)]))
     x0, x1 = _fit_line([float(n) for n in ns], [m.exchange_s for m in measurements])
     s0, s1 = _fit_line([math.log2(n) for n in ns], [m.scheduling_s for m in measurements])
-    return CostModel(global_batch, reductions, bytes_per_worker, c0, c_img, x0, max(x1, 0.0), s0, max(s1, 0.0))
+    model = CostModel(global_batch, reductions, bytes_per_worker, c0, c_img, x0, x1, s0, s1,
+                      fitted_runs=len(measurements))
+    errors = [model.measured_machine_s(m.workers) - (c + m.exchange_s + m.scheduling_s)
+              for c, m in zip(compute, measurements)]
+    model.residual_s = float(np.sqrt(np.mean(np.square(errors))))
+    return model
 
 
 def bytes_per_worker(g_params: int, d_params: int, n_critic: int, exchange_dtype: str = "float32") -> float:

@@ -1,33 +1,19 @@
-"""The trainer's MLflow sink: metrics, sample grids and checkpoints, sent in the background and spooled to disk.
-
-Training never waits for the tracking server. Every record (a batch of metrics, or an artifact file) is first
-appended to a local spool (`<run folder>/mlflow-spool.jsonl`) and then sent by one background thread, in order.
-While the server is unreachable the thread keeps retrying with backoff and training goes on; when the server is
-back the backlog is flushed. `close()` waits up to `flush_timeout_s` for the backlog and otherwise raises
-TrackingUnavailable, naming the spool and the checkpoint, which are both on local disk. A sink opened later on
-the same folder (a resumed run) sends what the spool still holds before anything new.
-
-Checkpoints are written locally first (atomically, models.checkpoint.save_checkpoint) and only then queued for
-upload, so an outage never costs a checkpoint.
-"""
+"""Tracking transport: records of one MLflow run, spooled to disk and sent by a background thread."""
 
 import json
-import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from models.checkpoint import save_checkpoint
-from models.grid import make_grid, sample, save_png, to_uint8
+from models.files import write_atomic
 from models.paths import data_home
-from models.step import GANState
+from tasks.tags import CHECKPOINTS_DIR
 
-SAMPLES_DIR = "samples"            # artifact folders named in PRODUCT.md
-CHECKPOINTS_DIR = "checkpoints"
 SPOOL = "mlflow-spool.jsonl"
 MAX_BATCH = 1000                   # MLflow's log_batch limit on metrics per call
 SLOW_S = 10.0                      # a call unanswered this long counts as an outage (MLflow retries inside it)
@@ -61,9 +47,7 @@ class Spool:
 
     def mark_sent(self, n: int) -> None:
         self.sent = n
-        tmp = self.mark.with_name(self.mark.name + ".tmp")
-        tmp.write_text(str(n))
-        os.replace(tmp, self.mark)
+        write_atomic(self.mark, str(n), fsync=False)   # a stale mark after a crash only re-sends a few records
 
     @property
     def pending(self) -> int:
@@ -71,20 +55,23 @@ class Spool:
 
 
 class MlflowSink:
-    """The trainer's callbacks, logging to one run: `with MlflowSink(run_id, ...) as sink: train(..., **sink.callbacks())`.
+    """Sends tracking records of one run in the background: `with MlflowSink(run_id, checkpoint_dir=out) as s: ...`.
 
-    Uses the client with an explicit run id, so it needs no active run. `close()` (or leaving the `with`) flushes.
+    Training never waits for the tracking server. Every record (a batch of metrics, or an artifact file) is first
+    appended to the spool, `<checkpoint_dir>/mlflow-spool.jsonl` (the run folder, where a resumed run looks), and
+    then sent by one background thread, in order. While the server is unreachable the thread retries with backoff;
+    when it is back the backlog is flushed. `close()` (or leaving the `with`) waits up to `flush_timeout_s` and
+    otherwise raises TrackingUnavailable naming the spool and the last checkpoint, both on local disk. A sink opened
+    later on the same folder (a resumed run) sends what the spool still holds before anything new. It uses the
+    client with an explicit run id, so it needs no active run.
     """
 
-    def __init__(self, run_id: str, *, sample_n: int = 64, sample_seed: int = 0,
-                 checkpoint_dir: str | Path | None = None, keep_checkpoints: bool = False,
-                 flush_timeout_s: float = 300.0, print_fn=print):
+    def __init__(self, run_id: str, *, checkpoint_dir: str | Path | None = None, flush_timeout_s: float = 300.0,
+                 print_fn: Callable[[str], None] | None = print):
         self.run_id = run_id
         self.client = MlflowClient()
-        self.sample_n, self.sample_seed = sample_n, sample_seed
-        self.keep_checkpoints = keep_checkpoints   # False: checkpoints/checkpoint.pt holds the latest only
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else data_home() / "checkpoints" / run_id
-        self.last_checkpoint: Path | None = None
+        self.last_checkpoint: Path | None = None     # the last file this sink queued under checkpoints/
         self.flush_timeout_s = flush_timeout_s
         self.say = print_fn or (lambda _msg: None)
         self.spool = Spool(self.checkpoint_dir / SPOOL)
@@ -111,10 +98,7 @@ class MlflowSink:
         else:
             self.close(timeout_s=min(30.0, self.flush_timeout_s), raise_on_timeout=False)
 
-    def callbacks(self) -> dict[str, Any]:
-        return {"on_log": self.on_log, "on_sample": self.on_sample, "on_checkpoint": self.on_checkpoint}
-
-    # -- what the trainer calls (never blocks on the network) -------------------------------------------------
+    # -- what training calls (never blocks on the network) -------------------------------------------------
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         """Any metric dict (training metrics, speed-up ratios, evaluation), queued as one record."""
         ts = int(time.time() * 1000)
@@ -123,24 +107,10 @@ class MlflowSink:
 
     def log_artifact(self, path: str | Path, artifact_dir: str | None = None) -> None:
         """A local file to upload; it must stay on disk until sent (the spool refers to it by path)."""
-        self._put({"run_id": self.run_id, "kind": "artifact", "path": str(Path(path).resolve()),
-                   "dir": artifact_dir})
-
-    def on_log(self, state: GANState, metrics: dict[str, float]) -> None:
-        self.log_metrics(metrics, step=state.step)
-
-    def on_sample(self, state: GANState, metrics: dict[str, float]) -> None:
-        mc = state.config.model
-        images = sample(state.G_ema, self.sample_n, self.sample_seed, mc.z_dim, mc.num_classes)  # (n, C, H, W)
-        png = save_png(make_grid(to_uint8(images)), self.checkpoint_dir / SAMPLES_DIR / f"step_{state.step:06d}.png",
-                       scale=2)
-        self.log_artifact(png, SAMPLES_DIR)
-
-    def on_checkpoint(self, state: GANState, metrics: dict[str, float]) -> None:
-        name = f"step_{state.step:06d}.pt" if self.keep_checkpoints else "checkpoint.pt"
-        path = save_checkpoint(state, self.checkpoint_dir / name)   # CheckpointError names what is left
-        self.last_checkpoint = path
-        self.log_artifact(path, CHECKPOINTS_DIR)
+        path = Path(path).resolve()
+        if artifact_dir == CHECKPOINTS_DIR:
+            self.last_checkpoint = path
+        self._put({"run_id": self.run_id, "kind": "artifact", "path": str(path), "dir": artifact_dir})
 
     # -- background sending ---------------------------------------------------------------------------------
     def _put(self, record: dict[str, Any]) -> None:

@@ -2,11 +2,11 @@
 
 Runs, each with `warmup` untimed iterations first:
   (a) torch  plain single-process PyTorch (the reference trainer), threads = the cores DFAGD-N uses
-  (b) dfagd  DFAGD with 1 worker
-  (c) dfagd  DFAGD with N workers (every N in --workers except 1)
-  (d) ddp    data-parallel PyTorch, gloo, N processes through pyspark's TorchDistributor
-and fits the cost model (spark_training.cost_model) to the DFAGD runs. Returns the PRODUCT.md JSON dict;
-the caller logs to MLflow (this package does not import it).
+  (b) dfagd  DFAGD with 1 worker       } timed by spark_training.speedup_probe.time_dfagd, the same code that
+  (c) dfagd  DFAGD with N workers      } times a training run's own speed-up probe (every N in --workers but 1)
+  (d) ddp    data-parallel PyTorch, gloo, N processes through pyspark's TorchDistributor (benchmarks.ddp_peer)
+and fits the cost model (benchmarks.cost_model) to the DFAGD runs. Returns the `bench speedup` JSON dict; the
+caller logs to MLflow (this package does not import it).
 """
 
 import subprocess
@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 
+from benchmarks.cost_model import Measurement, bytes_per_worker, fit, predict_grid
+from benchmarks.ddp_peer import run_ddp
 from models import count_params
 from models.config import Config, resolve_config
 from models.data import ImageSet, load_dataset
 from models.step import build_state
 from models.trainer import LocalGradSource, train
-from spark_training.cost_model import Measurement, bytes_per_worker, fit, predict_grid
 from spark_training.session import spark_session
 from spark_training.speedup_probe import time_dfagd
 
@@ -73,7 +74,7 @@ def bench_speedup(preset: str = "demo", workers: tuple[int, ...] = (1, 2), steps
                   master: str | None = None, threads_per_worker: int = 1, ddp: bool = True,
                   overrides: dict[str, Any] | None = None,
                   print_fn: Callable[[str], None] | None = print) -> dict[str, Any]:
-    """Measure (a)-(d) and fit the cost model; returns the `bench speedup` JSON dict of PRODUCT.md."""
+    """Measure (a)-(d) and fit the cost model; returns the `bench speedup` JSON dict."""
     say = print_fn or (lambda _m: None)
     ns = sorted(set(workers) | {1})
     top = max(ns)
@@ -105,7 +106,7 @@ def bench_speedup(preset: str = "demo", workers: tuple[int, ...] = (1, 2), steps
         for n in ns:
             cfg = bench_config(preset, n, steps, over)
             wall, breakdown, stats = time_dfagd(spark, cfg, data, warmup, steps)
-            cpu_iter = stats.compute_cpu_s / max(stats.iterations, 1)
+            cpu_iter = stats.compute_cpu_s / max(stats.iterations, 1)     # seconds of CPU per iteration
             runs.append(_run("dfagd", n, batch, wall, steps, breakdown=breakdown,
                              cpu_share=round(stats.cpu_share(threads_per_worker), 3),
                              compute_cpu_s=round(cpu_iter, 4)))
@@ -113,8 +114,7 @@ def bench_speedup(preset: str = "demo", workers: tuple[int, ...] = (1, 2), steps
             # the same run with the slowest worker's compute at its CPU time: what dedicated cores would give
             dedicated_tp[n] = batch / (wall / steps - breakdown["compute_s"] + cpu_iter / threads_per_worker)
             # compute at the CPU time the worker used = what a dedicated core would take (tenants excluded)
-            measurements.append(Measurement(n, **breakdown,
-                                            compute_cpu_s=stats.compute_cpu_s / max(stats.iterations, 1)))
+            measurements.append(Measurement(n, **breakdown, compute_cpu_s=cpu_iter))
             say(f"  dfagd  {n} worker(s): {wall / steps:.3f} s/iter  {breakdown}  "
                 f"({stats.bytes_sent / max(stats.iterations, 1) / 1e6:.1f} MB out per iteration; the slowest "
                 f"worker got {stats.cpu_share(threads_per_worker):.0%} of its cores while computing)")
@@ -146,6 +146,7 @@ def bench_speedup(preset: str = "demo", workers: tuple[int, ...] = (1, 2), steps
                                  base.spark.exchange_dtype))
     result["model_prediction"] = predict_grid(model)
     result["model_assumptions"] = model.assumptions()
+    result["model_fit_residual_s"] = round(model.residual_s, 4)
     result["warmup_steps"] = warmup
     result["effective_cores"] = {"before": cores_before, "after": effective_cores(top)}
     result["master"] = base.spark.master
@@ -153,8 +154,6 @@ def bench_speedup(preset: str = "demo", workers: tuple[int, ...] = (1, 2), steps
 
 
 def _ddp(cfg: Config, n: int, warmup: int, steps: int, threads: int) -> dict[str, float]:
-    from spark_training.ddp_peer import run_ddp
-
     return run_ddp(cfg.to_dict(), n, warmup, steps, threads)
 
 
@@ -183,7 +182,10 @@ def markdown(result: dict[str, Any]) -> str:
                   "compute counted at its CPU time (as on dedicated cores), the speed-up would be: "
                   + ", ".join(f"N={n}: {v:.2f} (efficiency {v / int(n):.2f})"
                               for n, v in result["speedup_dedicated_cores"].items()) + "."]
-    lines += ["", "Cost model prediction:", "", "| executors | network | speed-up | efficiency |",
+    residual = result.get("model_fit_residual_s")
+    lines += ["", "Cost model prediction (extrapolated from the DFAGD runs above, not measured"
+              + (f"; fit residual {residual:.4f} s/iter RMS on those runs" if residual is not None else "") + "):",
+              "", "| executors | network | speed-up | efficiency |",
               "|---:|---:|---:|---:|"]
     for p in result["model_prediction"]:
         lines.append(f"| {p['executors']} | {p['network_gbit']:g} Gbit | {p['speedup']:.2f} | {p['efficiency']:.2f} |")

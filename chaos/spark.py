@@ -1,15 +1,16 @@
-"""Chaos scenarios of DFAGD on Spark local-cluster: a worker's Python process, then a whole executor, SIGKILLed."""
+"""Scenarios of DFAGD on Spark local-cluster: a worker's Python process, then a whole executor, SIGKILLed."""
 
 import re
 
+from chaos.faults import KillWorker
+from chaos.harness import ChaosContext, Outcome, scenario
+from chaos.training import ATOL, _max_diff
 from models.checkpoint import read_checkpoint, save_checkpoint, state_to_dict
 from models.config import resolve_config
 from models.data import load_dataset
 from models.step import build_state
 from models.trainer import LocalGradSource, train
-from spark_training.dfagd import DFAGDError, DFAGDStats, train_dfagd
-from tasks.chaos import ChaosContext, Outcome, scenario
-from tasks.chaos_training import ATOL, _max_diff
+from spark_training.dfagd import DFAGDError, DFAGDHooks, DFAGDStats, train_dfagd
 
 MASTER = "local-cluster[2,1,1024]"
 STEPS, KILL_STEP = 8, 3          # the kill lands while step KILL_STEP's first gradient is being computed
@@ -19,13 +20,15 @@ def _killed_run(ctx: ChaosContext, target: str) -> tuple[dict | None, dict, DFAG
     """DFAGD with 2 workers on local-cluster, one of them SIGKILLed mid-update; checkpoints every 2 steps."""
     cfg = resolve_config("tiny", {"train.steps": STEPS, "train.log_every": 1, "train.sample_every": 0,
                                   "train.checkpoint_every": 2, "spark.workers": 2, "spark.master": MASTER,
-                                  "spark.executor_memory": "900m", "spark.chaos_kill": f"{target}:1@{KILL_STEP}"})
+                                  "spark.executor_memory": "900m"})
+    kill = KillWorker(target, worker=1, step=KILL_STEP)
+    kill.check_master(cfg.spark.master)
     data = load_dataset("digits", 16, 1, limit=256)
     ckpt = ctx.folder("run") / "checkpoint.pt"
     stats, lines = DFAGDStats(), []
     try:
         state = train_dfagd(cfg, data=data, print_fn=lines.append, stats_out=stats,
-                            on_checkpoint=lambda s, m: save_checkpoint(s, ckpt))
+                            on_checkpoint=lambda s, m: save_checkpoint(s, ckpt), hooks=DFAGDHooks(before_reduce=kill))
         final, error = state_to_dict(state), None
     except DFAGDError as exc:
         final, error = None, exc

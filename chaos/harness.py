@@ -1,11 +1,11 @@
-"""`transsrgan chaos`: fault scenarios run for real on the tiny preset, each judged by what it was expected to keep.
+"""The harness of `transsrgan chaos`: fault scenarios run for real on the tiny preset, each judged by its promise.
 
 A scenario is a function registered with @scenario(name, expected). It gets a ChaosContext (a scratch folder,
 the environment for subprocesses, shared servers started on demand) and returns an Outcome: what was observed,
 whether the expectation held, how many training steps had to be redone, and whether any data was lost. A
 scenario that raises counts as not held, with the error as its observation.
 
-The scenarios live in tasks/chaos_training.py, chaos_spark.py, chaos_tracking.py and chaos_safety.py.
+The scenarios live in chaos/training.py, spark.py, tracking.py and safety.py; the faults in chaos/faults.py.
 """
 
 import contextlib
@@ -20,13 +20,14 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tasks.services import REPO_ROOT, Service, prefect_server
+from chaos.services import REPO_ROOT, Service, prefect_server
+from models.files import write_atomic
 
-SCENARIO_MODULES = ("tasks.chaos_training", "tasks.chaos_spark", "tasks.chaos_tracking", "tasks.chaos_safety")
+SCENARIO_MODULES = ("chaos.training", "chaos.spark", "chaos.tracking", "chaos.safety")
 
 
 @dataclasses.dataclass
@@ -110,12 +111,15 @@ class ChaosContext:
         env.pop("MLFLOW_TRACKING_URI", None)           # the embedded SQLite store in TRANSSRGAN_HOME
         return env
 
-    def cli(self, *args: str) -> list[str]:
+    def cli(self, *args: str, faults: Sequence[str] = ()) -> list[str]:
+        """A `transsrgan` command line; with `faults` (chaos.inject options) it runs with them installed."""
+        if faults:
+            return [sys.executable, "-m", "chaos.inject", *faults, "--", *args]
         return [sys.executable, "-m", "flows.cli", *args]
 
-    def run_cli(self, *args: str, timeout_s: float = 600.0) -> subprocess.CompletedProcess:
-        return subprocess.run(self.cli(*args), env=self.env(), cwd=REPO_ROOT, capture_output=True, text=True,
-                              timeout=timeout_s)
+    def run_cli(self, *args: str, faults: Sequence[str] = (), timeout_s: float = 600.0) -> subprocess.CompletedProcess:
+        return subprocess.run(self.cli(*args, faults=faults), env=self.env(), cwd=REPO_ROOT, capture_output=True,
+                              text=True, timeout=timeout_s)
 
     def close(self) -> None:
         if self._prefect is not None:
@@ -139,7 +143,7 @@ def tracking_store(uri: str) -> Iterator[str]:
 
 def run_chaos(names: list[str] | None = None, *, workdir: Path | None = None, keep: bool = False,
               print_fn: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the scenarios (all, or `names`, in registry order); returns the `chaos` JSON (PRODUCT.md)."""
+    """Run the scenarios (all, or `names`, in registry order); returns {scenarios: [rows], held, seconds, workdir}."""
     registry = load_scenarios()
     unknown = sorted(set(names or []) - set(registry))
     if unknown:
@@ -189,6 +193,4 @@ def table(result: dict[str, Any]) -> str:
 
 
 def write_json(result: dict[str, Any], path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(result, indent=2))
-    return path
+    return write_atomic(path, json.dumps(result, indent=2))
