@@ -1,5 +1,6 @@
-"""Scenarios of the safe defaults: weights-only loading, symlinks out of the data root, loopback-only servers."""
+"""Scenarios of the safe defaults: weights-only loading, symlinks out of the data root, loopback-only servers, user files."""
 
+import hashlib
 import os
 import pickle
 from pathlib import Path
@@ -98,3 +99,41 @@ def servers_bind_loopback(ctx: ChaosContext) -> Outcome:
     held = not exposed and all(seen.values())
     return Outcome(f"listening sockets checked ({counts}); not on loopback: "
                    f"{exposed or 'none'}", held)
+
+
+def _digests(files: list[Path]) -> dict[str, str | None]:
+    """path -> sha256 of its bytes, None when it is gone."""
+    return {str(p): hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None for p in files}
+
+
+@scenario("user-files-beside-outputs",
+          "the user's files in the gate's output folder and in a run folder survive `transsrgan validate` twice and "
+          "`transsrgan train --preset tiny --data GATE/manifest.parquet --out DIR` byte-identical; reruns replace "
+          "only the project's own files and say what they left alone")
+def user_files_beside_outputs(ctx: ChaosContext) -> Outcome:
+    from chaos.training import TINY
+
+    data, gate, run = ctx.folder("data"), ctx.folder("gate"), ctx.folder("run")
+    for i, img in enumerate(load_dataset("digits", 16, 1, limit=40).images):     # (40, 1, 16, 16) uint8
+        Image.fromarray(img[0]).save(data / f"digit_{i:02d}.png")
+    mine = [gate / "thesis.txt", gate / "data_docs" / "thesis.txt", gate / "data_docs" / "static" / "mine.css",
+            run / "notes.md", run / "samples" / "keep.png"]
+    for p in mine:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(f"the user's own {p.name}\n".encode())
+    before = _digests(mine)
+    validate = ("validate", str(data), "--out", str(gate), "--preset", "tiny")
+    steps = [("validate", ctx.run_cli(*validate)), ("rerun", ctx.run_cli(*validate)),
+             ("train", ctx.run_cli("train", *TINY, "--steps", "4", "--data", str(gate / "manifest.parquet"),
+                                   "--out", str(run), "--force", timeout_s=900))]
+    for name, proc in steps:
+        (ctx.current / f"{name}.log").write_text(proc.stdout + proc.stderr)
+    codes = {name: proc.returncode for name, proc in steps}
+    after = _digests(mine)
+    changed = [Path(p).relative_to(ctx.current).as_posix() for p in mine if after[str(p)] != before[str(p)]]
+    reported = "left alone" in steps[1][1].stdout
+    trained = (run / "checkpoint.pt").is_file()
+    held = not changed and all(c == 0 for c in codes.values()) and reported and trained
+    return Outcome(f"exit codes {codes}; user files changed or gone: {changed or 'none'} of {len(mine)}; "
+                   f"rerun reported them left alone: {'yes' if reported else 'no'}; trained from the manifest: "
+                   f"{'yes' if trained else 'no'}", held, data_lost=bool(changed))

@@ -179,7 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.func(args) or 0)
     except (UsageError, ConfigError) as exc:
-        print(f"transsrgan {args.command}: error: {exc}", file=sys.stderr)
+        # one line, whatever a library put in the message it carries
+        print(f"transsrgan {args.command}: error: " + " | ".join(filter(None, map(str.strip, str(exc).splitlines()))),
+              file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `transsrgan train --dry-run | head`
         sys.stderr.close()

@@ -133,15 +133,19 @@ class RunParams(BaseModel):
             raise ConfigError(f"model.arch: expected {' or '.join(self.archs)} in this flow (the train command's "
                               f"--model picks the flow), got {config.model.arch!r}")
 
-    def overrides_dict(self) -> dict[str, Any]:
-        """The dotted config keys these parameters set (explicit `overrides` win)."""
+    def overrides_dict(self, defaults: bool = False) -> dict[str, Any]:
+        """The dotted config keys these parameters set (explicit `overrides` win); with `defaults`, instead the keys
+        of the parameters left at a default other than None, which come before config_file."""
         out = {_extra(f).get("config"): getattr(self, name) for name, f in type(self).model_fields.items()
-               if _extra(f).get("config") and getattr(self, name) is not None}
-        return out | (self.overrides or {})
+               if _extra(f).get("config") and getattr(self, name) is not None
+               and (getattr(self, name) == f.default) == defaults}
+        return out if defaults else out | (self.overrides or {})
 
     def to_config(self) -> Config:
-        """Preset, then config_file, then these parameters; ConfigError names the dotted key."""
-        return resolve_config(self.preset, self.overrides_dict(), self.config_file)
+        """Preset, then the parameters' own defaults, then config_file, then the parameters that differ from their
+        defaults, then overrides; ConfigError names the dotted key."""
+        return resolve_config(self.preset, self.overrides_dict(), self.config_file,
+                              defaults=self.overrides_dict(defaults=True))
 
 
 class TrainParams(RunParams):

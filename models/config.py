@@ -154,6 +154,9 @@ class TrainConfig(Section):
     key = ("train",)
     steps: Count = 1500                         # generator updates
     batch_size: PositiveInt = 64                # the GLOBAL batch; DFAGD splits it over data partitions
+    # weak scaling: the global batch is spark.workers x this (then batch_size is derived, not given); the
+    # learning rates are not scaled with it
+    batch_per_worker: PositiveInt | None = None
     n_critic: PositiveInt = 2                   # D updates per G update
     loss: Literal["wgan", "hinge", "ns"] = "wgan"
     penalty: Literal["gp", "r1", "dragan", "none"] = "gp"
@@ -171,6 +174,10 @@ class TrainConfig(Section):
     checkpoint_every: Count = 500
     device: Device = "cpu"
     threads: Count = 0                          # torch threads for the reference trainer; 0 = all cores
+    # torch.compile of G and D for the passes with one backward (the penalty's double backward stays eager);
+    # the same math. "off" by measurement: on the 2-core CPU reference machine it was not faster (docs/dfagd.md).
+    compile: Literal["off", "default", "max-autotune"] = "off"
+    precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast of the forward passes: inexact, opt-in only
     max_bad_steps: PositiveInt = 10             # consecutive non-finite updates before the run stops
 
     @field_validator("betas")
@@ -204,6 +211,9 @@ class SparkConfig(Section):
     threads_per_worker: PositiveInt = 1         # torch threads inside each worker task
     exchange_dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     sync_every: Literal[1] = 1                  # 1 = exact DFAGD (one averaging per update); nothing else is implemented
+    # star: the driver averages every gradient and steps the one optimizer (the thesis' master reduction);
+    # allreduce: every worker holds a replica and all-reduces gradients with torch.distributed (gloo / nccl)
+    reduction: Literal["star", "allreduce"] = "star"
     driver_host: str = Field("127.0.0.1", min_length=1)
     executor_memory: str = "1g"                 # JVM heap per executor: 512m, 1g, 2gb
     task_max_failures: PositiveInt = 4          # attempts of the DFAGD barrier stage and of tasks
@@ -363,6 +373,18 @@ class Config(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     singan: SinGANConfig = Field(default_factory=SinGANConfig)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _weak_scaling(cls, tree: Any) -> Any:
+        """train.batch_per_worker set: train.batch_size = spark.workers x it."""
+        train, spark = (tree.get("train"), tree.get("spark")) if isinstance(tree, dict) else (None, None)
+        if isinstance(train, dict) and train.get("batch_per_worker") is not None:
+            workers = spark.get("workers", 2) if isinstance(spark, dict) else 2
+            if type(train["batch_per_worker"]) is int and type(workers) is int and min(workers, train["batch_per_worker"]) >= 1:
+                # (anything else: the fields' own checks report it)
+                train["batch_size"] = workers * train["batch_per_worker"]
+        return tree
+
     @model_validator(mode="after")
     def _partitions(self) -> "Config":
         if self.model.arch == "singan":
@@ -406,6 +428,7 @@ class Config(Section):
         """A validated copy with dotted-key overrides applied, e.g. {'data.source': '/x/manifest.parquet'}."""
         tree = self.model_dump()
         _merge(tree, nest(overrides), "")
+        _batch_once(tree, "batch_size" in nest(overrides).get("train", {}))
         return _checked(Config, tree)
 
 
@@ -610,20 +633,34 @@ def _reject_constant(name: str, path: Path) -> Any:
 
 
 def resolve_config(preset: str = "demo", overrides: dict[str, Any] | None = None,
-                   config_file: str | Path | None = None) -> Config:
-    """Preset, then a JSON/TOML file, then explicit overrides (nested dicts or dotted keys)."""
+                   config_file: str | Path | None = None, *, defaults: dict[str, Any] | None = None) -> Config:
+    """Preset, then `defaults` (a caller's own, e.g. a flow's), then a JSON/TOML file, then explicit overrides
+    (nested dicts or dotted keys)."""
     if preset not in PRESETS:
         raise ConfigError(f"preset: expected one of {sorted(PRESETS)}, got {preset!r}")
     tree: dict[str, Any] = {"preset": preset}
     _merge(tree, PRESETS[preset], "")
+    preset_batch = tree.get("train", {}).pop("batch_size", None)   # to tell a batch size given explicitly
+    if defaults:
+        _merge(tree, nest(defaults), "")
     if config_file:
         _merge(tree, load_config_file(config_file), "")
     if overrides:
         _merge(tree, nest(overrides), "")
+    _batch_once(tree, "batch_size" in tree.get("train", {}))
+    if preset_batch is not None:
+        tree["train"].setdefault("batch_size", preset_batch)
     if tree["preset"] != preset:
         raise ConfigError(f"preset: chosen once, by --preset or the preset parameter ({preset!r}); a config file or "
                           f"override may only repeat it, got {tree['preset']!r}")
     return _checked(Config, tree)
+
+
+def _batch_once(tree: dict[str, Any], batch_size_given: bool) -> None:
+    """The global batch is given once: train.batch_size, or train.batch_per_worker (x spark.workers)."""
+    if batch_size_given and tree.get("train", {}).get("batch_per_worker") is not None:
+        raise ConfigError("train.batch_per_worker: cannot be combined with an explicit train.batch_size (the global "
+                          "batch is spark.workers x train.batch_per_worker); set one of them")
 
 
 def config_from_dict(d: dict[str, Any]) -> Config:

@@ -132,7 +132,7 @@ class OutputFolder:
         return bool(entry) and path.is_file() and not path.is_symlink() and sha256_file(path) == entry["sha256"]
 
     def blocked(self, relpath: str | Path) -> str | None:
-        """Why `relpath` may not be written ('' parts are fine), or None when it is free or an unchanged output."""
+        """Why `relpath` may not be written, or None when it is free or this command's unchanged earlier output."""
         rel = self._rel(relpath)
         parts = rel.split("/")
         for i in range(1, len(parts)):   # every folder on the way must be a real folder, not a file or a link

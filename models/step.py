@@ -9,6 +9,7 @@ the batch is split.
 """
 
 import copy
+import logging
 from dataclasses import dataclass, field
 
 import torch
@@ -19,6 +20,8 @@ from models.config import Config, TrainConfig
 from models.losses import d_adversarial, g_adversarial, gradient_penalty
 
 G_PHASE = 1_000_000  # phase id of the generator update (D phases are 0..n_critic-1)
+
+log = logging.getLogger(__name__)
 
 
 def phase_seed(seed: int, step: int, phase: int) -> int:
@@ -48,25 +51,49 @@ def draw_noise(seed: int, step: int, phase: int, batch_size: int, z_dim: int, nu
     return Noise(z[sl], eps[sl], labels[sl] if labels is not None else None)
 
 
+def autocast(tc: TrainConfig, device: torch.device | str) -> torch.autocast:
+    """The forward passes' precision: bf16 autocast if train.precision says so, else a no-op (exact fp32)."""
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
+
+
 def d_loss(G: nn.Module, D: nn.Module, real: torch.Tensor, real_labels: torch.Tensor | None, noise: Noise,
-           tc: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    with torch.no_grad():
-        fake = G(noise.z, noise.labels)
-    adv = d_adversarial(tc.loss, D(real, real_labels), D(fake, noise.labels))
-    gp = gradient_penalty(tc.penalty, D, real, fake, noise.eps, real_labels)
-    loss = adv + tc.gp_weight * gp
+           tc: TrainConfig, D_penalty: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The critic's loss. D_penalty (default D) takes the gradient penalty, whose double backward a compiled D
+    cannot do; D scores real and fake images. Scores are cast to float32 before any loss (a no-op in fp32)."""
+    with autocast(tc, real.device):
+        with torch.no_grad():
+            fake = G(noise.z, noise.labels)
+        adv = d_adversarial(tc.loss, D(real, real_labels).float(), D(fake, noise.labels).float())
+        gp = gradient_penalty(tc.penalty, D if D_penalty is None else D_penalty, real, fake, noise.eps, real_labels)
+    loss = adv + tc.gp_weight * gp.float()
     return loss, {"loss_d": loss.detach(), "gradient_penalty": gp.detach()}
 
 
 def g_loss(G: nn.Module, D: nn.Module, noise: Noise, tc: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    loss = g_adversarial(tc.loss, D(G(noise.z, noise.labels), noise.labels))
+    with autocast(tc, noise.z.device):
+        scores = D(G(noise.z, noise.labels), noise.labels).float()
+    loss = g_adversarial(tc.loss, scores)
     return loss, {"loss_g": loss.detach()}
 
 
-def flat_grad(loss: torch.Tensor, params: list[nn.Parameter]) -> torch.Tensor:
-    """d loss / d params as one float32 vector (the unit DFAGD exchanges)."""
+def flat_grad(loss: torch.Tensor, params: list[nn.Parameter], out: torch.Tensor | None = None) -> torch.Tensor:
+    """d loss / d params as one float32 vector (the unit DFAGD exchanges), written into `out` when given.
+
+    The layout is each parameter's logical (row-major) order, whatever its memory format (channels_last too).
+    """
     grads = torch.autograd.grad(loss, params, allow_unused=True)
-    return torch.cat([(g if g is not None else torch.zeros_like(p)).reshape(-1) for g, p in zip(grads, params)])
+    if out is None:
+        out = torch.empty(sum(p.numel() for p in params), dtype=torch.float32, device=params[0].device)
+    i = 0
+    for g, p in zip(grads, params):
+        n = p.numel()
+        dst = out[i:i + n].view(p.shape)
+        if g is None:
+            dst.zero_()
+        else:
+            dst.copy_(g)
+        i += n
+    return out
 
 
 def params_of(module: nn.Module) -> list[nn.Parameter]:
@@ -74,8 +101,18 @@ def params_of(module: nn.Module) -> list[nn.Parameter]:
     return list(module.parameters())
 
 
-def get_flat(module: nn.Module) -> torch.Tensor:
-    return torch.cat([p.detach().reshape(-1) for p in params_of(module)])
+def get_flat(module: nn.Module, out: torch.Tensor | None = None) -> torch.Tensor:
+    """The module's weights as one flat float32 vector (logical order), written into `out` when given."""
+    params = params_of(module)
+    if out is None:
+        out = torch.empty(sum(p.numel() for p in params), dtype=torch.float32, device=params[0].device)
+    i = 0
+    with torch.no_grad():
+        for p in params:
+            n = p.numel()
+            out[i:i + n].view(p.shape).copy_(p)
+            i += n
+    return out
 
 
 def set_flat(module: nn.Module, flat: torch.Tensor) -> None:
@@ -83,7 +120,7 @@ def set_flat(module: nn.Module, flat: torch.Tensor) -> None:
     with torch.no_grad():
         for p in params_of(module):
             n = p.numel()
-            p.copy_(flat[i:i + n].view_as(p))
+            p.copy_(flat[i:i + n].view(p.shape))
             i += n
 
 
@@ -116,6 +153,70 @@ def ema_update(ema: nn.Module, G: nn.Module, decay: float, step: int, start: int
         pe.lerp_(p, 1.0 - d)
     for be, b in zip(ema.buffers(), G.buffers()):
         be.copy_(b)
+
+
+@dataclass(frozen=True)
+class Nets:
+    """The networks a gradient is computed with; they share their parameters with the modules they came from.
+
+    G, D: what the passes with one backward call (compiled per train.compile); D_penalty: D itself, for the
+    gradient penalty's double backward (aot_autograd does not support double backward).
+    """
+
+    G: nn.Module
+    D: nn.Module
+    D_penalty: nn.Module
+
+
+def compute_nets(G: nn.Module, D: nn.Module, tc: TrainConfig) -> Nets:
+    """G and D ready to compute gradients: channels_last (in place) and compiled per train.compile.
+
+    Convolutions take most of an iteration's time, and NHWC is oneDNN's native layout, so conv weights are
+    stored channels_last; elementwise math (Adam, EMA, clipping) does not care, and flat vectors keep the
+    logical order. Any failure to compile falls back to the eager modules, with the reason logged.
+    """
+    G.to(memory_format=torch.channels_last)
+    D.to(memory_format=torch.channels_last)
+    if tc.precision == "bf16" and next(G.parameters()).device.type == "cpu" and not _cpu_has_bf16():
+        log.warning("train.precision=bf16: this CPU has no native bf16 matrix units (oneDNN reports none); "
+                    "autocast will emulate bf16 and run slower than fp32")
+    if tc.compile == "off":
+        return Nets(G, D, D)
+    log.info("train.compile=%s: G and D are compiled for the passes with one backward; the gradient penalty's "
+             "double backward runs D uncompiled (aot_autograd does not support double backward)", tc.compile)
+    return Nets(_Compiled(G, tc.compile), _Compiled(D, tc.compile), D)
+
+
+def _cpu_has_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+class _Compiled:
+    """torch.compile(module) that falls back to the module itself, once and logged, if compiling fails."""
+
+    def __init__(self, module: nn.Module, mode: str):
+        self.module, self.mode = module, mode
+        self.fn: nn.Module | None = None
+        try:
+            self.fn = torch.compile(module, mode=mode)
+        except Exception as exc:  # noqa: BLE001 - e.g. no C++ compiler, an unsupported Python; eager is exact
+            self._fall_back(exc)
+
+    def _fall_back(self, exc: BaseException) -> None:
+        log.warning("train.compile=%s: torch.compile failed for %s (%s: %s); running it uncompiled", self.mode,
+                    type(self.module).__name__, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+        self.fn = None
+
+    def __call__(self, *args: torch.Tensor | None) -> torch.Tensor:
+        if self.fn is not None:
+            try:
+                return self.fn(*args)
+            except Exception as exc:  # noqa: BLE001 - compile errors surface at the first call; retried eagerly
+                self._fall_back(exc)
+        return self.module(*args)
 
 
 @dataclass

@@ -5,13 +5,16 @@ from collections.abc import Callable
 from typing import Protocol
 
 import torch
+from torch import nn
 
 from models.config import Config
 from models.data import ImageSet, PartitionedSampler
 from models.step import (
     G_PHASE,
     GANState,
+    Nets,
     apply_update,
+    compute_nets,
     d_loss,
     draw_noise,
     ema_update,
@@ -41,18 +44,27 @@ class LocalGradSource:
         self.data, self.config = data, config
         tc = config.train
         self.sampler = PartitionedSampler(len(data), config.partitions, tc.batch_size, tc.seed)
+        self._nets: tuple[nn.Module, nn.Module, Nets] | None = None
+
+    def nets(self, state: GANState) -> Nets:
+        """The state's G and D prepared once (channels_last, compiled per train.compile); rebuilt for another state."""
+        if self._nets is None or self._nets[0] is not state.G or self._nets[1] is not state.D:
+            self._nets = (state.G, state.D, compute_nets(state.G, state.D, self.config.train))
+        return self._nets[2]
 
     def d_grad(self, state: GANState, step: int, k: int) -> tuple[torch.Tensor, dict[str, float]]:
         c, tc = self.config, self.config.train
         real, labels = self.data.batch(self.sampler.batch_indices(step * tc.n_critic + k))
         noise = draw_noise(tc.seed, step, k, tc.batch_size, c.model.z_dim, c.model.num_classes)
-        loss, stats = d_loss(state.G, state.D, real, labels, noise, tc)
+        nets = self.nets(state)
+        loss, stats = d_loss(nets.G, nets.D, real, labels, noise, tc, nets.D_penalty)
         return flat_grad(loss, params_of(state.D)), {k_: float(v) for k_, v in stats.items()}
 
     def g_grad(self, state: GANState, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         c, tc = self.config, self.config.train
         noise = draw_noise(tc.seed, step, G_PHASE, tc.batch_size, c.model.z_dim, c.model.num_classes)
-        loss, stats = g_loss(state.G, state.D, noise, tc)
+        nets = self.nets(state)
+        loss, stats = g_loss(nets.G, nets.D, noise, tc)
         return flat_grad(loss, params_of(state.G)), {k_: float(v) for k_, v in stats.items()}
 
 

@@ -28,8 +28,9 @@ from models.config import Config, ConfigError
 from models.data import ImageSet, load_dataset, partition_bounds
 from models.step import G_PHASE, GANState, build_state
 from models.trainer import Callback, GradSource, train
+from spark_training.allreduce import AllReduceJob
 from spark_training.reduction import BeforeReduce, DFAGDError, ReductionServer, ReductionTiming, Weights
-from spark_training.session import check_settings, spark_session
+from spark_training.session import check_settings, is_local_machine, spark_session
 from spark_training.worker import OnRequest, WorkerSpec, make_task, owned_partitions
 
 __all__ = ["train_dfagd", "SparkGradSource", "DFAGDStats", "DFAGDError", "DFAGDHooks", "DFAGDJob", "validate_dfagd"]
@@ -112,6 +113,10 @@ def validate_dfagd(config: Config) -> None:
     """Every DFAGD setting, up front, with errors naming the setting."""
     config.validate()
     check_settings(config.spark)
+    if (config.spark.reduction == "allreduce" and config.train.device == "cuda" and is_local_machine(config.spark.master)
+            and not torch.cuda.is_available()):
+        raise ConfigError("train.device: 'cuda' with spark.reduction 'allreduce' needs CUDA (NCCL) and this machine "
+                          "has none; use 'auto' or 'cpu'")
     if config.spark.sync_every != 1:
         raise ConfigError(f"spark.sync_every: only 1 (exact DFAGD, one averaging per update) is implemented; "
                           f"got {config.spark.sync_every}")
@@ -134,7 +139,8 @@ def shard(data: ImageSet, config: Config) -> list[tuple[int, dict[int, tuple[Any
 class DFAGDHooks:
     """Optional extension points of a DFAGD run, set by callers that instrument it from outside; all off by default.
 
-    wrap_source:   wraps the driver's gradient source for the training loop (e.g. to observe or alter gradients).
+    wrap_source:   wraps the driver's gradient source for the training loop (e.g. to observe or alter gradients);
+                   with spark.reduction 'allreduce' it wraps every worker's source (shipped pickled to executors).
     before_reduce: run on the driver once each reduction's requests are out (see ReductionServer).
     on_request:    run by each worker before it answers a request (see WorkerSpec; shipped to the executors).
     """
@@ -223,6 +229,9 @@ def train_dfagd(config: Config, *, state: GANState | None = None, on_log: Callba
 
 
 def _train(spark, config, data, state, on_log, on_sample, on_checkpoint, should_stop, print_fn, stats_out, hooks):
+    if config.spark.reduction == "allreduce":
+        return _train_allreduce(spark, config, data, state, on_log, on_sample, on_checkpoint, should_stop,
+                                print_fn, stats_out, hooks)
     if print_fn:
         sc = config.spark
         print_fn(f"dfagd: {sc.workers} workers x {sc.threads_per_worker} threads on {spark.sparkContext.master}; "
@@ -238,3 +247,36 @@ def _train(spark, config, data, state, on_log, on_sample, on_checkpoint, should_
         if stats_out is not None:
             stats_out.__dict__.update(source.stats.__dict__)
     return state
+
+
+def _train_allreduce(spark, config, data, state, on_log, on_sample, on_checkpoint, should_stop, print_fn, stats_out,
+                     hooks):
+    """spark.reduction = allreduce: the workers hold the replicas and run the loop (spark_training/allreduce.py)."""
+    if hooks.before_reduce or hooks.on_request:
+        raise ValueError("DFAGDHooks.before_reduce and on_request belong to spark.reduction 'star'; with "
+                         "'allreduce' use wrap_source (it wraps every worker's gradient source)")
+    sc = config.spark
+    if print_fn:
+        print_fn(f"dfagd: {sc.workers} workers x {sc.threads_per_worker} threads on {spark.sparkContext.master}; "
+                 f"{config.partitions} data partitions of {len(data)} images; global batch "
+                 f"{config.train.batch_size}; {config.train.n_critic + 1} all-reduces per iteration among workers")
+    t0 = time.perf_counter()
+
+    def ready(info: dict) -> None:
+        if print_fn:
+            layout = "per host, then across hosts" if info["hierarchical"] else "flat"
+            print_fn(f"dfagd: replicas ready in {time.perf_counter() - t0:.1f}s; {info['backend']} all-reduce "
+                     f"over {info['hosts']} host(s), {layout}")
+
+    def timing(t: dict[str, float]) -> None:
+        if stats_out is not None:
+            stats_out.__dict__.update(iterations=int(t["iterations"]), reductions=int(t["reductions"]),
+                                      compute_s=t["compute_s"], compute_cpu_s=t["compute_cpu_s"],
+                                      exchange_s=t["exchange_s"], wall_s=t["compute_s"] + t["exchange_s"],
+                                      reconnects=max(job.driver.attempts - 1, 0))
+
+    job = AllReduceJob(spark, config, shard(data, config), len(data), wrap_source=hooks.wrap_source,
+                       want_sample=on_sample is not None, want_checkpoint=on_checkpoint is not None,
+                       on_timing=timing)
+    return job.run(state, on_log=on_log, on_sample=on_sample, on_checkpoint=on_checkpoint,
+                   should_stop=should_stop, print_fn=print_fn, on_ready=ready)

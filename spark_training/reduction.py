@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from models.step import get_flat
-from spark_training.exchange import Message, ProtocolError, mean_of, recv_message, send_message
+from spark_training.exchange import Buffers, Message, ProtocolError, mean_of, recv_message, send_message
 
 
 class DFAGDError(RuntimeError):
@@ -51,6 +51,20 @@ class Weights:
         return self._flat
 
 
+class _FlatCache:
+    """One reusable flat buffer per network: refilled when a newer version of its weights is sent."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[int, tuple[int, torch.Tensor]] = {}    # id(module) -> (version, flat weights)
+
+    def flat(self, w: Weights) -> torch.Tensor:
+        version, buf = self._bufs.get(id(w.module), (None, None))
+        if version != w.version or buf is None:
+            buf = get_flat(w.module, out=buf)
+            self._bufs[id(w.module)] = (w.version, buf)
+        return buf
+
+
 @dataclass
 class _Conn:
     sock: socket.socket
@@ -59,6 +73,7 @@ class _Conn:
     d_version: int = -1
     pid: int | None = None           # the worker's Python process, and its executor JVM (same host only)
     executor_pid: int | None = None
+    buffers: Buffers = field(default_factory=Buffers)   # its gradients are received in place here
 
 
 @dataclass(frozen=True)
@@ -85,6 +100,8 @@ class ReductionServer:
     hellos: dict[int, int] = field(default_factory=dict)             # worker -> connections seen (attempts)
 
     def __post_init__(self) -> None:
+        self._weights = _FlatCache()
+        self._mean: torch.Tensor | None = None                     # the averaged gradient, reused every reduction
         self.listener = socket.create_server((self.host, 0), backlog=max(8, 2 * self.workers))
         self.port = self.listener.getsockname()[1]
         self.selector = selectors.DefaultSelector()
@@ -143,9 +160,9 @@ class ReductionServer:
     def _send_work(self, conn: _Conn, step: int, phase: int, g: Weights, d: Weights) -> int:
         arrays, has_g, has_d = [], conn.g_version != g.version, conn.d_version != d.version
         if has_g:
-            arrays.append(g.flat)
+            arrays.append(self._weights.flat(g))
         if has_d:
-            arrays.append(d.flat)
+            arrays.append(self._weights.flat(d))
         n = send_message(conn.sock, Message("work", {"step": step, "phase": phase, "has_g": has_g,
                                                      "has_d": has_d}, arrays))   # weights always float32
         conn.g_version, conn.d_version = g.version, d.version
@@ -153,7 +170,10 @@ class ReductionServer:
 
     def reduce(self, step: int, phase: int, g: Weights, d: Weights
                ) -> tuple[torch.Tensor, dict[str, float], ReductionTiming]:
-        """Send G's and D's weights where a worker's copy is stale, wait for all; return the mean gradient."""
+        """Send G's and D's weights where a worker's copy is stale, wait for all; return the mean gradient.
+
+        The gradient is the server's buffer: valid until the next reduction (the loop applies it before that).
+        """
         t0 = time.perf_counter()
         timing = ReductionTiming()
         self.wait_for_workers()
@@ -180,7 +200,7 @@ class ReductionServer:
                 w = key.data
                 tr = time.perf_counter()
                 try:
-                    msg = recv_message(self.conns[w].sock)
+                    msg = recv_message(self.conns[w].sock, self.conns[w].buffers)
                 except (OSError, ProtocolError):
                     self._drop(w)                       # its stage attempt died; the retry reconnects
                     continue
@@ -191,7 +211,10 @@ class ReductionServer:
                     timing.bytes_received += msg.arrays[0].numel() * (4 if self.exchange_dtype == "float32" else 2)
         ta = time.perf_counter()
         ordered = [results[w] for w in sorted(results)]
-        grad = mean_of([r[0] for r in ordered])
+        n = ordered[0][0].numel()
+        if self._mean is None or self._mean.numel() < n:
+            self._mean = torch.empty(n)
+        grad = mean_of([r[0] for r in ordered], out=self._mean[:n])
         stats: dict[str, float] = {}
         for _, s, _t in ordered:
             for k, v in s.items():

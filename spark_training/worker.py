@@ -3,6 +3,8 @@
 A worker owns data partitions [w*P/W, (w+1)*P/W). Per update (step, phase) it receives the weights that
 changed since it last heard from the driver, computes the mean gradient of each owned partition's slice of
 the global batch, averages them locally (the thesis' per-machine average) and sends ONE flat vector back.
+Nothing on that path allocates per update: weights arrive in place in the connection's buffers and are
+copied into the replicas, and each network's gradient is summed in one flat buffer that is then sent as is.
 """
 
 import os
@@ -17,8 +19,18 @@ import torch
 from models import build_discriminator, build_generator
 from models.config import config_from_dict
 from models.data import ImageSet, PartitionedSampler
-from models.step import G_PHASE, d_loss, draw_noise, flat_grad, g_loss, params_of, set_flat
-from spark_training.exchange import Message, connect, recv_message, send_message
+from models.step import (
+    G_PHASE,
+    Nets,
+    compute_nets,
+    d_loss,
+    draw_noise,
+    flat_grad,
+    g_loss,
+    params_of,
+    set_flat,
+)
+from spark_training.exchange import Buffers, Message, connect, recv_message, send_message
 
 # Called by a worker before it answers a request: (worker, attempt, request number from 1). It travels pickled
 # inside WorkerSpec, so executors must be able to unpickle it (importable there, or pickled by value).
@@ -47,7 +59,11 @@ def resolve_device(device: str) -> torch.device:
 
 
 class PartitionWorker:
-    """The per-partition math, free of Spark and sockets (so it is unit-testable)."""
+    """The per-partition math, free of Spark and sockets (so it is unit-testable).
+
+    G and D may be replaced after construction (a peer that computes on the replica its optimizer updates
+    assigns its own); they are prepared for computing (models.step.compute_nets) at the first gradient after.
+    """
 
     def __init__(self, config: dict[str, Any], n_items: int, blocks: dict[int, ImageSet], device: str = "cpu"):
         self.cfg = config_from_dict(config)
@@ -58,38 +74,58 @@ class PartitionWorker:
         self.device = resolve_device(device)
         self.G = build_generator(self.cfg.model).to(self.device)
         self.D = build_discriminator(self.cfg.model).to(self.device)
+        self._nets: tuple[torch.nn.Module, torch.nn.Module, Nets] | None = None
+        self._grads: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}   # "g"/"d" -> (sum, one partition's)
+
+    def nets(self) -> Nets:
+        if self._nets is None or self._nets[0] is not self.G or self._nets[1] is not self.D:
+            self._nets = (self.G, self.D, compute_nets(self.G, self.D, self.cfg.train))
+        return self._nets[2]
 
     def set_weights(self, g: torch.Tensor | None, d: torch.Tensor | None) -> None:
         if g is not None:
-            set_flat(self.G, g.to(self.device))
+            set_flat(self.G, g)                                  # copy_ moves it to the device too
         if d is not None:
-            set_flat(self.D, d.to(self.device))
+            set_flat(self.D, d)
+
+    def _buffers(self, which: str, params: list[torch.nn.Parameter]) -> tuple[torch.Tensor, torch.Tensor]:
+        if which not in self._grads:
+            n = sum(p.numel() for p in params)
+            self._grads[which] = (torch.empty(n, device=self.device), torch.empty(n, device=self.device))
+        return self._grads[which]
 
     def gradient(self, step: int, phase: int) -> tuple[torch.Tensor, dict[str, float]]:
-        """Mean over owned partitions of each partition's mean gradient; float32 on CPU."""
+        """Mean over owned partitions of each partition's mean gradient; float32 on CPU.
+
+        The vector is this worker's buffer for the network: the next gradient of that network overwrites it.
+        """
         c, tc = self.cfg, self.cfg.train
-        total: torch.Tensor | None = None
+        nets = self.nets()
+        which, net = ("g", self.G) if phase == G_PHASE else ("d", self.D)
+        params = params_of(net)
+        total, part = self._buffers(which, params)
         stats: dict[str, float] = {}
-        for p, block in sorted(self.blocks.items()):
+        for i, (p, block) in enumerate(sorted(self.blocks.items())):
             noise = draw_noise(tc.seed, step, phase, tc.batch_size, c.model.z_dim, c.model.num_classes,
                                start=p * self.b, stop=(p + 1) * self.b)
             noise.z = noise.z.to(self.device)
             noise.eps = noise.eps.to(self.device)
             noise.labels = noise.labels.to(self.device) if noise.labels is not None else None
             if phase == G_PHASE:
-                loss, s = g_loss(self.G, self.D, noise, tc)
-                g = flat_grad(loss, params_of(self.G))
+                loss, s = g_loss(nets.G, nets.D, noise, tc)
             else:
                 real, labels = block.batch(self.sampler.local_indices(step * tc.n_critic + phase, p))
                 real = real.to(self.device)
                 labels = labels.to(self.device) if labels is not None else None
-                loss, s = d_loss(self.G, self.D, real, labels, noise, tc)
-                g = flat_grad(loss, params_of(self.D))
-            total = g if total is None else total.add_(g)
+                loss, s = d_loss(nets.G, nets.D, real, labels, noise, tc, nets.D_penalty)
+            if i == 0:
+                flat_grad(loss, params, out=total)
+            else:
+                total.add_(flat_grad(loss, params, out=part))
             for k, v in s.items():
                 stats[k] = stats.get(k, 0.0) + float(v)
         n = len(self.blocks)
-        assert total is not None, "a worker owns at least one partition"
+        assert stats, "a worker owns at least one partition"
         return total.div_(n).cpu(), {k: v / n for k, v in stats.items()}
 
 
@@ -109,6 +145,7 @@ def serve(spec: WorkerSpec, worker: int, blocks: dict[int, ImageSet], threads: i
     pw = PartitionWorker(cfg, spec.n_items, blocks, cfg["train"]["device"])
     dtype = cfg["spark"]["exchange_dtype"]
     sock = connect(spec.host, spec.port)
+    buffers = Buffers()                     # this connection's receive slots and send scratch
     requests = 0
     try:
         send_message(sock, Message("hello", {"worker": worker, "partitions": sorted(blocks),
@@ -117,7 +154,7 @@ def serve(spec: WorkerSpec, worker: int, blocks: dict[int, ImageSet], threads: i
         attempt = int(recv_message(sock).meta["attempt"])
         while True:
             t_wait = time.perf_counter()
-            msg = recv_message(sock)
+            msg = recv_message(sock, buffers)
             t_got = time.perf_counter()
             if msg.kind == "stop":
                 break
@@ -133,7 +170,7 @@ def serve(spec: WorkerSpec, worker: int, blocks: dict[int, ImageSet], threads: i
             timing = {"wait_s": t_got - t_wait, "compute_s": t1 - t0, "decode_s": t0 - t_got,
                       "compute_cpu_s": time.process_time() - c0}   # < compute_s when the CPU is contended
             send_message(sock, Message("result", {"step": m["step"], "phase": m["phase"], "worker": worker,
-                                                  "stats": stats, "timing": timing}, [grad]), dtype)
+                                                  "stats": stats, "timing": timing}, [grad]), dtype, buffers)
     finally:
         sock.close()
     return {"worker": worker, "attempt": attempt, "requests": requests}

@@ -165,6 +165,8 @@ def load_model(uri: str) -> LoadedModel:
     the CPU. Only the artifacts are read (torch.load weights_only=True); no pickled or logged code runs.
     """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    if not uri.strip():
+        raise ModelNotFoundError(f"{uri!r}: expected a model URI such as models:/transsrgan@champion")
     check_model_uri(uri)
     with tempfile.TemporaryDirectory() as tmp:
         local = Path(uri) if Path(uri).is_dir() else None
@@ -173,8 +175,11 @@ def load_model(uri: str) -> LoadedModel:
                 local = Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=tmp))
             except MlflowException as exc:
                 raise ModelNotFoundError(f"{uri}: could not download the model: {exc.message}") from exc
-        arts = {k: str(local / v["path"]) for k, v in
-                Model.load(str(local)).flavors.get("python_function", {}).get("artifacts", {}).items()}
+        try:
+            flavors = Model.load(str(local)).flavors
+        except MlflowException as exc:      # a folder or run path without an MLmodel file
+            raise ModelNotFoundError(f"{uri}: not a logged model: {exc.message}") from exc
+        arts = {k: str(local / v["path"]) for k, v in flavors.get("python_function", {}).get("artifacts", {}).items()}
         if SINGAN_KEY in arts:
             return rebuild_singan(arts[SINGAN_KEY])
         if CONFIG_KEY in arts and STATE_DICT_KEY in arts:

@@ -118,8 +118,9 @@ def _gate_cache_key(ctx: TaskRunContext, params: dict[str, Any]) -> str | None:
 @task(name="validate-data", cache_key_fn=_gate_cache_key, **IO_RETRIES, retry_condition_fn=retry_on_io_error)
 def _validate(source: str, data: DataConfig, resolution: int, out_dir: str, cache_key: str | None) -> GateResult:
     result = data_gate.run_data_gate(source, Path(out_dir), data, resolution)
-    get_run_logger().info(f"data gate: {result.n_valid}/{result.n_files} valid, {result.n_quarantined} "
-                          f"quarantined, fingerprint {result.fingerprint}; reports in {out_dir}")
+    get_run_logger().info(f"data gate: {result.n_valid}/{result.n_files} valid (unique images that train), "
+                          f"{result.n_quarantined} quarantined ({result.n_duplicates} of them duplicate copies), "
+                          f"fingerprint {result.fingerprint}; reports in {out_dir}")
     return result
 
 

@@ -235,7 +235,8 @@ def test_a_manifest_is_the_validated_dataset_rechecked_cheaply(tmp_path):
     with open(root / "a_01.png", "ab") as fh:
         fh.write(b"appended")
     assert stat_fingerprint(first.manifest_path) != key
-    changed = run_data_gate(first.manifest_path, tmp_path / "again", data, resolution=32)
+    changed = run_data_gate(first.manifest_path, tmp_path / "again", data.model_copy(update={"max_bad_fraction": 0.5}),
+                            resolution=32)
     reasons = {Path(p).name: r for p, r in read_quarantine(changed.quarantine_path).items()}
     assert reasons["a_00.png"].startswith("missing:") and reasons["a_01.png"].startswith("changed:")
     assert changed.n_valid == 6

@@ -178,3 +178,130 @@ def test_cli_fake_folder_full_metric_table_and_json(no_weights, digits16, capsys
                                        "recall_inception_random", "density_inception_random",
                                        "coverage_inception_random", "msssim_diversity"}
     assert payload["primary_metric"] == "fd_inception_random" and payload["metrics"]["fd_inception_random"] >= 0
+
+
+# ---------------------------------------------------------------- hostile folders and outputs
+
+def _hostile_folder(folder, digits16):
+    """8 good PNGs, a PNG whose header claims 30000x30000 (correct CRC), a truncated PNG and a FIFO named f.png."""
+    import os
+    import struct
+    import zlib
+
+    _write_pngs(folder, digits16[:8])
+    png = (folder / "0000.png").read_bytes()
+    ihdr = png[12:16] + struct.pack(">II", 30000, 30000) + png[24:29]          # type, size, depth .. interlace
+    (folder / "bomb.png").write_bytes(png[:12] + ihdr + struct.pack(">I", zlib.crc32(ihdr)) + png[33:])
+    (folder / "truncated.png").write_bytes(png[:len(png) // 2])
+    os.mkfifo(folder / "f.png")
+
+
+@pytest.mark.timeout(120)
+def test_cli_fake_folder_skips_bomb_truncated_and_fifo_with_reasons(small_extractor, no_weights, digits16, capsys):
+    from flows.cli import main
+
+    fake = no_weights / "fake"
+    _hostile_folder(fake, digits16)
+    out = no_weights / "m.json"
+    assert main(["evaluate", "--fake", str(fake), "--real", "digits", "--n", "8", "--allow-random-features",
+                 "--json", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = {line.split(" (e.g. ")[-1].rstrip(")"): line for line in err.splitlines() if "skipped" in line}
+    assert "too-large: 30000x30000" in lines[str(fake / "bomb.png")]
+    assert "decode-error" in lines[str(fake / "truncated.png")]
+    assert "not-a-file" in lines[str(fake / "f.png")]
+    inputs = json.loads(out.read_text())["inputs"]["fake"]
+    assert inputs["images"] == 8 and inputs["entries"] == 11
+    assert sorted(s["path"] for s in inputs["skipped"]) == sorted(str(fake / n) for n in ("bomb.png", "f.png",
+                                                                                          "truncated.png"))
+
+
+def test_too_few_valid_images_is_one_line_naming_the_folder(no_weights, digits16, capsys):
+    from flows.cli import main
+
+    fake = no_weights / "fake"
+    _hostile_folder(fake, digits16)
+    for name in ("0002", "0003", "0004", "0005", "0006", "0007"):
+        (fake / f"{name}.png").unlink()                # 2 good images left; PRDC's k = 5 needs 6
+    assert main(["evaluate", "--fake", str(fake), "--real", "digits", "--n", "8", "--allow-random-features"]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last.startswith(f"transsrgan evaluate: error: fake images {fake}: 2 usable of 5 entries, expected at "
+                           "least 6 (skipped: ")
+    assert "too-large 1" in last and "decode-error 1" in last and "not-a-file 1" in last
+
+
+def test_a_manifest_is_read_as_is_and_a_file_gone_bad_is_named(no_weights, digits16):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from tasks.evaluate import read_images
+
+    real = no_weights / "real"
+    _write_pngs(real, digits16[:6])
+    paths = sorted(str(p) for p in real.glob("*.png"))
+    manifest = no_weights / "manifest.parquet"
+    pq.write_table(pa.table({"path": paths, "width": [16] * 6, "height": [16] * 6, "mode": ["L"] * 6}), manifest)
+    assert read_images("real", str(manifest), 2).shape == (6, 1, 16, 16)
+    (real / "0003.png").write_bytes(b"no longer an image")
+    with pytest.raises(ValueError, match=r"0003\.png: decode-error"):
+        read_images("real", str(manifest), 2)
+    (no_weights / "not.parquet").write_text("nope")
+    with pytest.raises(ValueError, match="not a manifest.parquet written by `transsrgan validate`"):
+        read_images("real", str(no_weights / "not.parquet"), 2)
+
+
+def test_sample_refuses_to_overwrite_what_it_did_not_write(tmp_path, capsys):
+    from flows.cli import main
+
+    notes = tmp_path / "notes.png"
+    notes.write_text("my notes, not a picture")
+    blocked = tmp_path / "file"
+    blocked.write_text("a file where a folder would go")
+    for out, why in ((notes, "notes.png was not written by transsrgan (nothing was overwritten"),
+                     (blocked / "x.png", f"{blocked} is not a folder"),
+                     (tmp_path, "expected a .png file")):
+        assert main(["sample", "--model", "models:/transsrgan@champion", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert len(err.splitlines()) == 1 and why in err, err
+    assert notes.read_text() == "my notes, not a picture"
+
+
+def test_sample_creates_folders_and_replaces_only_its_own_grid(tmp_path, capsys, monkeypatch):
+    """--out's folders are created; a rerun replaces its grid, also beside --each's images in the same folder."""
+    import tasks.model_io as model_io
+    from flows.cli import main
+    from models import build_generator
+    from models.config import resolve_config
+
+    torch.manual_seed(0)
+    G = build_generator(resolve_config("tiny").model)
+    G.config = resolve_config("tiny")
+    monkeypatch.setattr(model_io, "load_model", lambda uri: G)
+    out = tmp_path / "new" / "folder" / "grid.png"
+    args = ["sample", "--model", "models:/transsrgan@champion", "-n", "4", "--out", str(out),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
+    for _ in range(2):                                 # the second run replaces its own grid and single images
+        assert main([*args, "--each", str(out.parent)]) == 0, capsys.readouterr().err
+        assert out.is_file() and len(list(out.parent.glob("sample_*.png"))) == 4
+    first = out.read_bytes()
+    assert main([*args, "--seed", "1"]) == 0 and out.read_bytes() != first
+    out.write_bytes(first + b"edited by the user")
+    assert main(args) == 2 and "grid.png was changed since transsrgan wrote it" in capsys.readouterr().err
+    assert out.read_bytes() == first + b"edited by the user"
+
+
+def test_quiet_libraries_hides_warnings_even_inside_their_own_filters(capsys):
+    import logging
+    import warnings
+
+    from flows.commands.sample import quiet_libraries
+
+    with quiet_libraries():
+        with warnings.catch_warnings():              # what MLflow does around its own UserWarnings
+            warnings.simplefilter("once", category=UserWarning)
+            warnings.warn("a library's advice", UserWarning, stacklevel=1)
+        logging.getLogger("mlflow.store.db.utils").info("Creating initial MLflow database tables...")
+    assert capsys.readouterr().err == ""
+    with pytest.warns(UserWarning):                  # and the process's own settings come back afterwards
+        warnings.warn("after", UserWarning, stacklevel=1)

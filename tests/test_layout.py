@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+PRODUCT = ("models", "spark_training", "tasks", "flows")
 
 DEV_PACKAGES = {"benchmarks", "chaos"}      # development only: not in the wheel, not shipped to Spark
 # package -> top-level imports it must never use
@@ -75,28 +76,70 @@ def test_imports_follow_the_layering():
                             f"may be imported only inside functions of {', '.join(LAZY_DEV_IMPORTS)})")
 
 
-def test_spark_training_modules_import_each_other_without_cycles():
-    """E.g. the speed-up probe builds on DFAGD, so DFAGD must not reach back for the probe (not even lazily)."""
-    pkg = ROOT / "spark_training"
+def _module_graph() -> dict[str, set[str]]:
+    """module -> the product modules it imports (function-level imports too), e.g. 'tasks.train' -> {...}."""
+    def name_of(path: Path) -> str:
+        parts = list(path.relative_to(ROOT).with_suffix("").parts)
+        return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+    modules = {name_of(p): p for pkg in PRODUCT for p in (ROOT / pkg).rglob("*.py")}
+
+    def resolve(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
     graph: dict[str, set[str]] = {}
-    for path in pkg.glob("*.py"):
-        deps: set[str] = set()
+    for mod, path in modules.items():
+        targets: list[str] = []
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("spark_training."):
-                deps.add(node.module.split(".")[1])
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets += [f"{node.module}.{a.name}" for a in node.names]
             elif isinstance(node, ast.Import):
-                deps.update(a.name.split(".")[1] for a in node.names if a.name.startswith("spark_training."))
-        graph[path.stem] = deps
+                targets += [a.name for a in node.names]
+        graph[mod] = {t for t in map(resolve, (t for t in targets if t.split(".")[0] in PRODUCT)) if t} - {mod}
+    return graph
 
-    def reaches(start: str, target: str, seen: set[str]) -> bool:
-        for nxt in graph.get(start, ()):
-            if nxt == target or (nxt not in seen and reaches(nxt, target, seen | {nxt})):
-                return True
-        return False
 
-    cycles = sorted(m for m in graph if reaches(m, m, {m}))
-    assert not cycles, f"spark_training import cycles through {cycles}"
-    assert "dfagd" in graph["speedup_probe"]          # the check reads real imports
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_product_modules_import_each_other_without_cycles():
+    """No cycle, not even through a function-level import (e.g. the speed-up probe builds on DFAGD, so DFAGD must
+    not reach back for it)."""
+    graph = _module_graph()
+    assert "spark_training.dfagd" in graph["spark_training.speedup_probe"]     # the graph reads real imports
+    assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+    assert not _cycles(graph), f"import cycles: {_cycles(graph)}"
 
 
 def test_dev_packages_are_imported_inside_their_commands_handlers_only():

@@ -53,12 +53,26 @@ def tiny_run(store, tmp_path_factory):
                 train(state, LocalGradSource(data, cfg), print_fn=None, **sink.callbacks())
                 sink.log_metrics({"speedup_vs_1_worker": 1.5, "efficiency": 0.75})
             log_generator(state, cfg)
-            import time
-            time.sleep(0.5)   # let the system-metrics thread log at least one sample
+            _wait_for_system_metrics(run.info.run_id)
     finally:
         mlflow.set_system_metrics_sampling_interval(None)
         mlflow.set_system_metrics_samples_before_logging(None)
     return run.info.run_id, cfg, state
+
+
+def _wait_for_system_metrics(run_id: str, limit_s: float = 120.0) -> None:
+    """Wait until MLflow's system-metrics thread has logged a sample (it samples every 0.2 s here); the limit only
+    stops a broken monitor from hanging the suite."""
+    import time
+
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    deadline = time.monotonic() + limit_s
+    while not any(k.startswith("system/") for k in client.get_run(run_id).data.metrics):
+        if time.monotonic() > deadline:
+            return                       # the assertion in the test reports it
+        time.sleep(0.1)
 
 
 def test_redact_hides_passwords():

@@ -6,10 +6,11 @@ MLflow: one parent run (experiment `transsrgan-bench`) with one child run per mo
 
 import argparse
 import json
+import math
 import time
 from pathlib import Path
 
-from flows.commands.outputs import REFUSAL, check_report
+from flows.commands.outputs import REFUSAL, check_report, check_writable
 
 EXPERIMENT = "transsrgan-bench"   # kept apart from `transsrgan`, whose runs are registry candidates
 COMMAND = "bench quality"         # what the output folders' ledgers record for these reports
@@ -20,8 +21,8 @@ def _positive_float(value: str) -> float:
         x = float(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number of minutes, got {value!r}") from None
-    if not x > 0:
-        raise argparse.ArgumentTypeError(f"expected > 0 minutes, got {value}")
+    if not 0 < x < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0 of minutes, got {value}")
     return x
 
 
@@ -109,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     from models.paths import data_home
 
+    for flag in ("out", "json", "markdown", "figure"):   # as given: '' is a bad path, not "the default"
+        check_writable(getattr(args, flag), f"--{flag}", folder=flag == "out")
     out = Path(args.out) if args.out else data_home() / "bench" / time.strftime("quality-%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     paths = {"json": Path(args.json or out / "bench_quality.json"),

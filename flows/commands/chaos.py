@@ -38,6 +38,10 @@ def run(args: argparse.Namespace) -> int:
     unknown = sorted(set(names or []) - set(registry))
     if unknown:
         raise UsageError(f"--only: unknown scenario(s) {', '.join(unknown)}; expected some of {', '.join(registry)}")
+    from flows.commands.outputs import check_writable
+
+    for flag in ("json", "markdown", "keep"):          # before the scenarios' minutes, not after
+        check_writable(getattr(args, flag), f"--{flag}", folder=flag == "keep")
     result = harness.run_chaos(names, workdir=Path(args.keep) if args.keep else None, keep=bool(args.keep))
     md = harness.table(result)
     print("\n" + md)

@@ -18,10 +18,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from flows.commands.outputs import check_writable
     from flows.errors import UsageError
     from models.data.export import DEMO_DATA, export_digits
     from models.files import ForeignFileError, OutputFolder
 
+    if not 8 <= args.resolution <= 1024:
+        raise UsageError(f"--resolution: expected a side between 8 and 1024 pixels, got {args.resolution}")
+    check_writable(args.out_dir, "OUT_DIR", folder=True)
     try:
         n, out = export_digits(args.out_dir, args.resolution)
     except ForeignFileError as exc:

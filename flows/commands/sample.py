@@ -10,21 +10,21 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
 
 @contextlib.contextmanager
 def quiet_libraries() -> Iterator[None]:
     """No library warnings or INFO logs on the terminal while a command runs: its user sees our lines only.
 
     MLflow re-enables its UserWarnings inside its own catch_warnings blocks, so the display hook is replaced too
-    (those blocks keep the hook they find).
+    (those blocks keep the hook they find); it sets its loggers' level when first imported, so it is imported first.
     """
     mlflow_log = logging.getLogger("mlflow")
-    level = mlflow_log.level
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         warnings.showwarning = lambda *args, **kwargs: None
+        import mlflow  # noqa: F401
+
+        level = mlflow_log.level
         mlflow_log.setLevel(logging.WARNING)
         try:
             yield
@@ -47,6 +47,10 @@ def _positive_float(value: str) -> float:
 
 
 SINGAN_ONLY = ("scale_h", "scale_w", "height", "width")
+# The names its outputs carry in a folder's ledger (models.files.OutputFolder): the single images' (what
+# tasks.model_io.write_samples records), and the grid's, kept apart so that retiring stale single images in a folder
+# never touches a grid written there too.
+COMMAND, GRID = "sample", "sample --out"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -58,8 +62,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="MLflow model URI, e.g. models:/transsrgan@champion or models:/singan@champion")
     p.add_argument("-n", type=_positive, default=64, metavar="N", help="number of images (default 64)")
     p.add_argument("--out", required=True, metavar="FILE.png",
-                   help="grid PNG to write; missing parent folders are created; an existing file is replaced only "
-                        "if it is a PNG (anything else is refused)")
+                   help="grid PNG to write; missing parent folders are created; an existing FILE is replaced only "
+                        "when it is an earlier grid of this command, unchanged since (its folder's "
+                        ".transsrgan-outputs.json); anything else stops the command with exit 2")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="noise seed (default 0)")
     p.add_argument("--each", metavar="DIR", help="also write every image as DIR/sample_0000.png, ... (created if "
                                                  "missing); a rerun replaces only the samples an earlier run wrote "
@@ -77,37 +82,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def check_output(flag: str, path: Path) -> None:
-    """UsageError unless `path` can be written as a PNG: every existing ancestor a folder, the file absent or a PNG.
-
-    A PNG there is taken for an earlier output and replaced; any other file is refused, never overwritten.
-    """
-    from flows.errors import UsageError
-
-    for parent in path.parents:
-        if parent.exists() and not parent.is_dir():
-            raise UsageError(f"{flag} {path}: {parent} is a file, not a folder")
-    if path.is_symlink() or (path.exists() and not path.is_file()):
-        raise UsageError(f"{flag} {path}: exists and is not a regular file; choose another name")
-    if path.exists():
-        with open(path, "rb") as fh:
-            head = fh.read(len(PNG_SIGNATURE))
-        if head != PNG_SIGNATURE:
-            raise UsageError(f"{flag} {path}: exists and is not a PNG; refusing to overwrite it (move it or choose "
-                             "another name)")
-
-
 def run(args: argparse.Namespace) -> int:
+    from flows.commands.outputs import check_report
     from flows.errors import UsageError
 
     if not args.out.lower().endswith(".png"):
         raise UsageError(f"--out {args.out!r}: expected a .png file")
-    out = Path(args.out).expanduser()
-    check_output("--out", out)
-    if args.each:
+    out = Path(args.out).expanduser().absolute()
+    check_report(str(out), "--out", GRID)         # refuse a user's file before loading a model
+    if args.each is not None:
         from flows.commands.outputs import check_folder
 
-        check_folder(args.each, [f"sample_{i:04d}.png" for i in range(args.n)], "--each", "sample")
+        check_folder(args.each, [f"sample_{i:04d}.png" for i in range(args.n)], "--each", COMMAND)
     sized = {k: getattr(args, k, None) for k in SINGAN_ONLY if getattr(args, k, None) is not None}
     if sized and (args.scale_h or args.scale_w) and (args.height or args.width):
         raise UsageError("--height/--width and --scale-h/--scale-w: expected one way to set the size, got both")
@@ -117,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _sample(args: argparse.Namespace, out: Path, sized: dict) -> int:
     from flows.errors import UsageError
+    from models.files import ForeignFileError, OutputFolder
     from models.singan import SinGANState
     from tasks.model_io import ModelNotFoundError, load_model, write_samples
     from tasks.tracking import configure_tracking
@@ -131,9 +118,12 @@ def _sample(args: argparse.Namespace, out: Path, sized: dict) -> int:
         flags = ", ".join("--" + k.replace("_", "-") for k in sized)
         raise UsageError(f"{flags}: only for SinGAN models; {args.model} is a fixed-size generator")
     try:
-        grid, each, (h, w) = write_samples(model, args.n, out, seed=args.seed, each_dir=args.each,
-                                           scale=args.scale, **sized)
-    except OSError as exc:   # a read-only folder, a full disk: nothing half-written is left (models.files)
+        with OutputFolder(out.parent, GRID, replace=False) as folder:   # the grid joins the folder's ledger
+            grid, each, (h, w) = write_samples(model, args.n, folder.claim(out.name), seed=args.seed,
+                                               each_dir=args.each, scale=args.scale, **sized)
+    except ForeignFileError as exc:   # appeared since the check above
+        raise UsageError(f"--out: {exc}") from None
+    except OSError as exc:            # a read-only folder, a full disk: nothing half-written is left (models.files)
         raise UsageError(f"--out {out}: cannot write ({exc.strerror or exc})") from exc
     size = f" of {h}x{w}" if singan else ""
     print(f"wrote {args.n} samples{size} from {args.model} (store {store}) to {grid}"

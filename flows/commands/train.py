@@ -24,6 +24,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     singan = args.model == "singan"
     params = params_from_args(args, SinGANParams if singan else TrainParams)
+    from flows.commands.outputs import check_writable
+
+    check_writable(params.out_dir, "--out", folder=True)
     if args.dry_run:
         if getattr(params, "resume", None):
             from tasks.runs import resume_point

@@ -7,7 +7,7 @@ output folder that is or holds the data, an output path that holds a file transs
 import argparse
 from pathlib import Path
 
-from flows.commands.outputs import REFUSAL, check_report, write_report
+from flows.commands.outputs import REFUSAL, check_report, check_writable, write_report
 
 COMMAND = "validate"
 
@@ -96,6 +96,7 @@ def _check_paths(args: argparse.Namespace, resolution: int) -> Path:
         if not (root.is_dir() or root.suffix == ".parquet"):
             raise UsageError(f"PATH is not a folder: {args.path} (expected an image folder, 'digits' or a "
                              "manifest.parquet)")
+    check_writable(args.out, "--out", folder=True)
     out = Path(args.out).expanduser()
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: not a folder: {args.out}")

@@ -1,10 +1,10 @@
-"""GAN evaluation: FID, KID, precision/recall, density/coverage, MS-SSIM (registry); SinGAN's SIFID in sifid.py."""
+"""GAN evaluation: FID, KID, PRDC, MS-SSIM, the digits domain's metrics (registry), floors; SIFID in sifid.py."""
 
-# Importing the metric modules registers them (@register_metric).
-from models.metrics import diversity, fid, kid, prdc  # noqa: F401
+# Importing the metric modules registers them (@register_metric) and the digits domain (register_domain).
+from models.metrics import digits, diversity, fid, kid, prdc  # noqa: F401
 from models.metrics.evaluate import EvalResult, evaluate_images, primary_metric_name
 from models.metrics.inception import InceptionWeightsError
-from models.metrics.registry import METRICS, register_metric
+from models.metrics.registry import DOMAINS, METRICS, register_domain, register_metric
 
 __all__ = ["EvalResult", "evaluate_images", "primary_metric_name", "InceptionWeightsError", "METRICS",
-           "register_metric"]
+           "register_metric", "DOMAINS", "register_domain"]

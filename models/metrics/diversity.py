@@ -70,7 +70,7 @@ def mean_pairwise_msssim(images: np.ndarray, pairs: int = 1000, seed: int = 0, b
     return total / pairs
 
 
-@register_metric("msssim_diversity", higher_is_better={"msssim_diversity": False}, uses_features=False)
+@register_metric("msssim_diversity", higher_is_better={"msssim_diversity": False}, features=None)
 def msssim_diversity(inputs: MetricInputs) -> dict[str, float]:
     return {"msssim_diversity": mean_pairwise_msssim(inputs.fake_images, inputs.config.diversity_pairs,
                                                      seed=inputs.seed)}

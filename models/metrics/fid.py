@@ -11,7 +11,7 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(calculate_frechet_distance(mu1, sigma1, mu2, sigma2))
 
 
-@register_metric("fid", higher_is_better={"fid": False})
+@register_metric("fid", higher_is_better={"fid": False}, floor_ratio=True)
 def fid(inputs: MetricInputs) -> dict[str, float]:
     mu_r, sigma_r = inputs.real_stats
     mu_f, sigma_f = inputs.fake_stats

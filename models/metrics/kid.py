@@ -29,7 +29,7 @@ def kernel_distance(fake: np.ndarray, real: np.ndarray, subsets: int = 100, subs
     return float(total / subsets)
 
 
-@register_metric("kid", higher_is_better={"kid": False})
+@register_metric("kid", higher_is_better={"kid": False}, floor=True, settings=("kid_subsets", "kid_subset_size"))
 def kid(inputs: MetricInputs) -> dict[str, float]:
     c = inputs.config
     return {"kid": kernel_distance(inputs.fake_features, inputs.real_features, c.kid_subsets, c.kid_subset_size,
