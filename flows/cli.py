@@ -1,11 +1,15 @@
 """The `transsrgan` console script: builds parameters from flags and launches; the work lives in flows/ and tasks/."""
 
 import argparse
+import contextlib
 import importlib
 import json
+import logging
 import math
 import re
 import sys
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
@@ -148,6 +152,27 @@ def _no_constant(name: str) -> Any:
     raise json.JSONDecodeError(f"{name} is not a config value", name, 0)
 
 
+@contextlib.contextmanager
+def quiet_libraries() -> Iterator[None]:
+    """No library warnings or INFO logs on the terminal while a command runs: its user sees our lines only.
+
+    MLflow re-enables its UserWarnings inside its own catch_warnings blocks, so the display hook is replaced too
+    (those blocks keep the hook they find); it sets its loggers' level when first imported, so it is imported first.
+    """
+    mlflow_log = logging.getLogger("mlflow")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.showwarning = lambda *args, **kwargs: None
+        import mlflow  # noqa: F401
+
+        level = mlflow_log.level
+        mlflow_log.setLevel(logging.WARNING)
+        try:
+            yield
+        finally:
+            mlflow_log.setLevel(level)
+
+
 def require_checkout(package: str) -> None:
     """Make a development package (chaos/, benchmarks/) importable from the source checkout that holds flows/;
     UsageError for an installed transsrgan, which never ships them."""
@@ -157,6 +182,23 @@ def require_checkout(package: str) -> None:
                          f"project, not with an installed transsrgan")
     if str(root) not in sys.path:
         sys.path.append(str(root))
+
+
+# Stores MLflow can track to; a plain folder is its retired file store, refused unless MLFLOW_ALLOW_FILE_STORE is set
+STORE_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc")
+
+
+def tracking_uri(text: str) -> str:
+    """argparse type of --tracking-uri: a store URI MLflow accepts (checked here, not in MLflow's first call)."""
+    import os
+    from urllib.parse import urlsplit
+
+    scheme = urlsplit(text).scheme.split("+")[0]
+    file_store = os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() in ("1", "true") and scheme in ("", "file")
+    if not text.strip() or not (scheme in STORE_SCHEMES or text in STORE_SCHEMES or file_store):
+        raise argparse.ArgumentTypeError(f"expected an MLflow store such as sqlite:///PATH/mlflow.db or "
+                                         f"http://HOST:5000, got {text!r}")
+    return text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,7 +219,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        with quiet_libraries():
+            return int(args.func(args) or 0)
     except (UsageError, ConfigError) as exc:
         # one line, whatever a library put in the message it carries
         print(f"transsrgan {args.command}: error: " + " | ".join(filter(None, map(str.strip, str(exc).splitlines()))),

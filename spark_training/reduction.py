@@ -101,7 +101,7 @@ class ReductionServer:
 
     def __post_init__(self) -> None:
         self._weights = _FlatCache()
-        self._mean: torch.Tensor | None = None                     # the averaged gradient, reused every reduction
+        self._means: dict[int, torch.Tensor] = {}                 # size -> the averaged gradient (one per network)
         self.listener = socket.create_server((self.host, 0), backlog=max(8, 2 * self.workers))
         self.port = self.listener.getsockname()[1]
         self.selector = selectors.DefaultSelector()
@@ -172,7 +172,8 @@ class ReductionServer:
                ) -> tuple[torch.Tensor, dict[str, float], ReductionTiming]:
         """Send G's and D's weights where a worker's copy is stale, wait for all; return the mean gradient.
 
-        The gradient is the server's buffer: valid until the next reduction (the loop applies it before that).
+        The gradient is the server's buffer for that network: valid until its next reduction (the loop applies
+        it before that).
         """
         t0 = time.perf_counter()
         timing = ReductionTiming()
@@ -212,9 +213,9 @@ class ReductionServer:
         ta = time.perf_counter()
         ordered = [results[w] for w in sorted(results)]
         n = ordered[0][0].numel()
-        if self._mean is None or self._mean.numel() < n:
-            self._mean = torch.empty(n)
-        grad = mean_of([r[0] for r in ordered], out=self._mean[:n])
+        if n not in self._means:
+            self._means[n] = torch.empty(n)
+        grad = mean_of([r[0] for r in ordered], out=self._means[n])
         stats: dict[str, float] = {}
         for _, s, _t in ordered:
             for k, v in s.items():

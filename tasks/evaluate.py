@@ -13,7 +13,8 @@ from torch import nn
 
 from models.config import DataConfig, EvalConfig, ModelConfig
 from models.data import load_dataset
-from models.data.images import FolderImages, channels_of, load_paths, read_folder
+from models.data.folder import FolderImages, read_folder
+from models.data.images import channels_of, load_paths
 from models.grid import make_grid, sample, save_png, to_uint8
 from models.metrics import EvalResult, evaluate_images
 from models.metrics.evaluate import real_subset
@@ -69,7 +70,7 @@ def _manifest_images(side: str, source: str, resolution: int | None, channels: i
 def read_images(side: str, source: str, need: int = 2, resolution: int | None = None, channels: int | None = None,
                 *, limit: int = 0, on_read: OnRead | None = None) -> np.ndarray:
     """uint8 (N, C, H, W) from 'digits', a gate's manifest.parquet (as is) or a folder read through the gate's file
-    checks (models.data.images.read_folder: bad files are skipped with a reason and reported to on_read).
+    checks (models.data.folder.read_folder: bad files are skipped with a reason and reported to on_read).
 
     resolution / channels default to the first image's; ValueError names `source` when fewer than `need` images
     remain, or when it is none of the three.

@@ -22,8 +22,7 @@ from prefect.context import TaskRunContext
 
 import tasks.data_gate as data_gate
 from models.config import Config, DataConfig
-from models.files import atomic_path
-from models.metrics.inception import sha256_of
+from models.files import atomic_path, sha256_file
 from models.paths import data_home
 from models.singan import SinGANState, image_name
 from models.singan.image import SKIMAGE_PREFIX, load_bundled
@@ -46,8 +45,8 @@ def retry_on_io_error(task, task_run, state) -> bool:
     """Prefect retry condition: only transient I/O failures, never a data-gate verdict or a bug."""
     try:
         state.result()
-    except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
-        return False
+    except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError, PermissionError):
+        return False                     # FileExistsError covers a user's file where an output would go
     except (OSError, ConnectionError, TimeoutError):
         return True
     except MlflowException as exc:  # MLflow wraps HTTP/database failures; a missing entity is no hiccup
@@ -166,7 +165,7 @@ def materialise_image(source: str) -> Path:
     src = Path(source).expanduser()
     if not src.is_file():
         raise FileNotFoundError(f"image: file not found: {source} (expected an image file or 'skimage:NAME')")
-    target = root / f"{image_slug(src.stem)}-{sha256_of(src)[:8]}" / src.name
+    target = root / f"{image_slug(src.stem)}-{sha256_file(src)[:8]}" / src.name
     if not target.is_file():
         with atomic_path(target) as tmp:
             shutil.copyfile(src, tmp)
@@ -192,7 +191,7 @@ def validate_image(source: str, min_size: int) -> ValidatedImage:
         why = Path(exc.result.quarantine_path).read_text().strip().splitlines()[1:] or ["no valid image"]
         raise DataGateError(f"image {source}: rejected by the data gate: {why[0].split(',', 1)[-1]} "
                             f"(reports in {Path(exc.result.manifest_path).parent})", exc.result) from None
-    return ValidatedImage(source=source, name=image_name(source), path=str(path), sha256=sha256_of(path), gate=gate)
+    return ValidatedImage(source=source, name=image_name(source), path=str(path), sha256=sha256_file(path), gate=gate)
 
 
 # ---------------------------------------------------------------- resume, retrain check

@@ -195,7 +195,7 @@ def make_corpus(root: str | Path, seed: int, n_valid: int = 12, n_mutants: int =
         _write(root, rel, data)
         bases.append((fmt, data))
         cases.append(Case(rel, "valid"))
-    names = list(MUTATORS)
+    names = [k for k, (formats, _) in MUTATORS.items() if any(fmt in formats for fmt, _ in bases)]
     for i in range(n_mutants):
         kind = names[i % len(names)]
         formats, mutate = MUTATORS[kind]

@@ -126,6 +126,30 @@ def test_reconnecting_worker_is_counted_once(digits16):
     assert torch.allclose(get_flat(state.D), get_flat(ref.D), atol=1e-5)
 
 
+def test_reductions_reuse_the_servers_buffers(digits16, monkeypatch):
+    """After the first iteration no reduction allocates: the mean lands in the server's buffer for its network
+    and each worker's gradient in its connection's receive slot (grown once, to G's size)."""
+    c = cfg(**{"spark.workers": 2, "data.partitions": 2})
+    seen: list[set[int]] = []                            # per reduction: the memory it used
+    real_reduce = ReductionServer.reduce
+
+    def spy(self, step, phase, g, d):
+        grad, stats, timing = real_reduce(self, step, phase, g, d)
+        seen.append({grad.data_ptr()} | {torch.frombuffer(conn.buffers.recv_slot(0, 4), dtype=torch.uint8).data_ptr()
+                                         for conn in self.conns.values()})
+        return grad, stats, timing
+
+    monkeypatch.setattr(ReductionServer, "reduce", spy)
+    state, _, source = _thread_dfagd(c, digits16)
+    per_iteration = c.train.n_critic + 1
+    assert source.stats.reductions == len(seen) == 3 * per_iteration
+    first = set().union(*seen[:per_iteration])
+    assert set().union(*seen[per_iteration:]) <= first
+    assert len(set().union(*seen[-per_iteration:])) == 2 + 2     # a mean per network, a slot per worker
+    ref = train(build_state(c), LocalGradSource(digits16, c), print_fn=None)
+    assert torch.allclose(get_flat(state.D), get_flat(ref.D), atol=1e-5)
+
+
 def test_bf16_exchange_halves_gradient_bytes_and_stays_close(digits16):
     c32 = cfg(**{"spark.workers": 2})
     c16 = cfg(**{"spark.workers": 2, "spark.exchange_dtype": "bfloat16"})

@@ -221,6 +221,9 @@ def places(tmp_path_factory) -> dict[str, str]:
         yield _places(root)
     logging.getLogger("prefect").disabled = False
     os.chdir(cwd)
+    from tasks.tracking import configure_tracking
+
+    configure_tracking()                         # a case's --tracking-uri must not outlive the module
 
 
 @pytest.mark.parametrize("command, flag, action, value", _cases(every=False))

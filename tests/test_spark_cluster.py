@@ -37,10 +37,11 @@ def test_bench_speedup_cli_writes_the_contract(tmp_path):
     assert rc == 0
     r = json.loads(out.read_text())
     assert {"preset", "global_batch", "steps", "runs", "speedup", "efficiency", "vs_torch", "vs_ddp",
-            "model_prediction"} <= set(r)
-    assert [(x["mode"], x["workers"]) for x in r["runs"]] == [("torch", 1), ("dfagd", 1), ("dfagd", 2), ("ddp", 2)]
+            "model_prediction", "vs_previous_defaults", "vs_torch_compiled", "fraction_of_peak"} <= set(r)
+    assert [(x["mode"], x["workers"]) for x in r["runs"]] == [("torch", 1), ("torch_compiled", 1), ("dfagd", 1),
+                                                             ("dfagd", 2), ("ddp", 2)]
     assert r["runs"][0]["threads"] == 2
-    assert set(r["runs"][1]["breakdown"]) == {"compute_s", "exchange_s", "scheduling_s"}
+    assert set(r["runs"][2]["breakdown"]) == {"compute_s", "exchange_s", "scheduling_s"}
     assert all(x["images_per_s"] > 0 and x["s_per_iter"] > 0 for x in r["runs"])
     assert set(r["speedup"]) == set(r["efficiency"]) == set(r["vs_torch"]) == set(r["vs_ddp"]) == {"2"}
     assert r["efficiency"]["2"] == pytest.approx(r["speedup"]["2"] / 2, abs=2e-3)

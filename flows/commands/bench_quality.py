@@ -10,6 +10,7 @@ import math
 import time
 from pathlib import Path
 
+from flows.cli import tracking_uri
 from flows.commands.outputs import REFUSAL, check_report, check_writable
 
 EXPERIMENT = "transsrgan-bench"   # kept apart from `transsrgan`, whose runs are registry candidates
@@ -75,7 +76,7 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
                    help="any config field for both models, e.g. --set train.lr_g=1e-4 (JSON values); repeatable")
     p.add_argument("--require-standard-features", action="store_true",
                    help="fail instead of using seeded random Inception weights when the standard file is missing")
-    p.add_argument("--tracking-uri", metavar="URI", help="MLflow store (default $MLFLOW_TRACKING_URI, else embedded)")
+    p.add_argument("--tracking-uri", metavar="URI", type=tracking_uri, help="MLflow store (default $MLFLOW_TRACKING_URI, else embedded)")
     p.set_defaults(func=run)
 
 

@@ -4,6 +4,7 @@ import argparse
 import json
 import sys
 
+from flows.cli import tracking_uri
 from flows.commands.outputs import REFUSAL, check_report, write_report
 
 
@@ -47,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=_positive, metavar="B", help="eval.batch_size: images per Inception pass")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="eval.device (default cpu)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="noise seed for --model (default 0)")
-    p.add_argument("--tracking-uri", metavar="URI",
+    p.add_argument("--tracking-uri", metavar="URI", type=tracking_uri,
                    help="MLflow store for --model (default $MLFLOW_TRACKING_URI, else the embedded SQLite store)")
     p.set_defaults(func=run)
 
@@ -84,12 +85,11 @@ def _evaluate_model(args: argparse.Namespace, cfg, on_read):
 
 
 def run(args: argparse.Namespace) -> int:
-    from flows.commands.sample import quiet_libraries
     from flows.errors import UsageError
 
     inputs: dict[str, dict] = {}
 
-    def on_read(side: str, found) -> None:   # found: models.data.images.FolderImages
+    def on_read(side: str, found) -> None:   # found: models.data.folder.FolderImages
         flag = f"--{side}"
         for line in found.summary():
             print(f"transsrgan evaluate: {flag} {found.root}: {line}", file=sys.stderr)
@@ -98,20 +98,19 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = _eval_config(args)
     check_report(args.json, "--json", "evaluate")     # refuse a user's file before the long part runs
-    with quiet_libraries():
-        from models.metrics import InceptionWeightsError
+    from models.metrics import InceptionWeightsError
 
-        try:
-            if args.model:
-                result = _evaluate_model(args, cfg, on_read)
-            else:
-                from tasks.evaluate import evaluate_folder
+    try:
+        if args.model:
+            result = _evaluate_model(args, cfg, on_read)
+        else:
+            from tasks.evaluate import evaluate_folder
 
-                result = evaluate_folder(args.fake, args.real, cfg, on_read=on_read)
-        except InceptionWeightsError as exc:
-            raise UsageError(f"--inception-weights: {exc}") from exc
-        except (FileNotFoundError, PermissionError, ValueError) as exc:   # a missing path, no manifest, too few images
-            raise UsageError(str(exc)) from exc
+            result = evaluate_folder(args.fake, args.real, cfg, on_read=on_read)
+    except InceptionWeightsError as exc:
+        raise UsageError(f"--inception-weights: {exc}") from exc
+    except (FileNotFoundError, PermissionError, ValueError) as exc:   # a missing path, no manifest, too few images
+        raise UsageError(str(exc)) from exc
     print(result.table())
     print(f"features: {result.feature_images_per_s:.1f} images/s"
           + (" (real side from cache)" if result.real_cache_hit else ""))

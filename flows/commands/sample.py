@@ -4,32 +4,9 @@ Works for TransSRGAN generators and for SinGAN models (models:/singan@champion),
 """
 
 import argparse
-import contextlib
-import logging
-import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
-
-@contextlib.contextmanager
-def quiet_libraries() -> Iterator[None]:
-    """No library warnings or INFO logs on the terminal while a command runs: its user sees our lines only.
-
-    MLflow re-enables its UserWarnings inside its own catch_warnings blocks, so the display hook is replaced too
-    (those blocks keep the hook they find); it sets its loggers' level when first imported, so it is imported first.
-    """
-    mlflow_log = logging.getLogger("mlflow")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        warnings.showwarning = lambda *args, **kwargs: None
-        import mlflow  # noqa: F401
-
-        level = mlflow_log.level
-        mlflow_log.setLevel(logging.WARNING)
-        try:
-            yield
-        finally:
-            mlflow_log.setLevel(level)
+from flows.cli import tracking_uri
 
 
 def _positive(value: str) -> int:
@@ -77,7 +54,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     size.add_argument("--height", type=_positive, metavar="PX", help="exact height in pixels")
     size.add_argument("--width", type=_positive, metavar="PX", help="exact width in pixels (with --height alone, "
                                                                    "the aspect ratio is kept)")
-    p.add_argument("--tracking-uri", metavar="URI",
+    p.add_argument("--tracking-uri", metavar="URI", type=tracking_uri,
                    help="MLflow store (default $MLFLOW_TRACKING_URI, else the embedded SQLite store)")
     p.set_defaults(func=run)
 
@@ -97,8 +74,7 @@ def run(args: argparse.Namespace) -> int:
     sized = {k: getattr(args, k, None) for k in SINGAN_ONLY if getattr(args, k, None) is not None}
     if sized and (args.scale_h or args.scale_w) and (args.height or args.width):
         raise UsageError("--height/--width and --scale-h/--scale-w: expected one way to set the size, got both")
-    with quiet_libraries():
-        return _sample(args, out, sized)
+    return _sample(args, out, sized)
 
 
 def _sample(args: argparse.Namespace, out: Path, sized: dict) -> int:

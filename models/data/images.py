@@ -2,10 +2,8 @@
 
 import os
 import stat
-from collections import Counter
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -107,7 +105,8 @@ def _load_one(args: tuple[str, int, int]) -> np.ndarray | str:
         return f"decode-error: {type(exc).__name__}: {exc}"
 
 
-def _load_all(paths: list[str], resolution: int, channels: int, workers: int) -> list[np.ndarray | str]:
+def load_each(paths: list[str], resolution: int, channels: int, workers: int = 0) -> list[np.ndarray | str]:
+    """Per path: uint8 (channels, res, res), or why the file is not an image ("code: detail"); never raises."""
     jobs = [(p, resolution, channels) for p in paths]
     workers = workers or min(os.cpu_count() or 1, 8)
     if workers > 1 and len(jobs) > 256:
@@ -119,84 +118,10 @@ def _load_all(paths: list[str], resolution: int, channels: int, workers: int) ->
 def load_paths(paths: Iterable[str | Path], resolution: int, channels: int, workers: int = 0) -> np.ndarray:
     """uint8 (N, channels, res, res) of files that were checked before (a manifest); ImageReadError names a bad one."""
     paths = [str(p) for p in paths]
-    arrays = _load_all(paths, resolution, channels, workers)
+    arrays = load_each(paths, resolution, channels, workers)
     for path, arr in zip(paths, arrays):
         if isinstance(arr, str):
             raise ImageReadError(f"{path}: {arr}; run `transsrgan validate` on its folder to quarantine bad files")
     if not arrays:
         return np.zeros((0, channels, resolution, resolution), np.uint8)
     return np.stack(arrays)
-
-
-@dataclass
-class FolderImages:
-    """A folder read through the data gate's file checks: the images and every entry left out, with its reason."""
-
-    root: str
-    images: np.ndarray                                   # uint8 (N, C, res, res), in path order
-    paths: list[str]                                     # the file behind each image
-    skipped: list[tuple[str, str]] = field(default_factory=list)   # (path, "code: detail"), every other entry
-    unused: int = 0                                      # valid images beyond `limit`, not decoded
-
-    @property
-    def n_entries(self) -> int:
-        return len(self.paths) + len(self.skipped) + self.unused
-
-    def skipped_by_code(self) -> dict[str, list[tuple[str, str]]]:
-        groups: dict[str, list[tuple[str, str]]] = {}
-        for path, reason in self.skipped:
-            groups.setdefault(reason.split(":", 1)[0], []).append((path, reason))
-        return groups
-
-    def summary(self) -> list[str]:
-        """One line per kind of skipped entry: count, the first one's reason and path."""
-        return [f"skipped {len(group)} of {self.n_entries} entries: {group[0][1]} (e.g. {group[0][0]})"
-                for group in self.skipped_by_code().values()]
-
-    def counts(self) -> str:
-        """'decode-error 3, not-a-file 1': the skipped entries by kind."""
-        return ", ".join(f"{code} {n}" for code, n in Counter(r.split(":", 1)[0] for _, r in self.skipped).items())
-
-
-def read_folder(root: str | Path, resolution: int | None = None, channels: int | None = None, *,
-                max_pixels: int, formats: Iterable[str], modes: Iterable[str], limit: int = 0,
-                workers: int = 0) -> FolderImages:
-    """Images under root that pass the data gate's file checks, read like training reads them.
-
-    The checks are models.data.manifest's scan and probe (regular UTF-8-named image files only, never a link,
-    FIFO or device; decodes; still; at most max_pixels) plus the gate's format and mode lists; files that
-    pass but fail to decode fully are skipped too. Nothing raises for a single file. resolution / channels
-    default to the first valid image's shorter side and mode; `limit` > 0 decodes only that many.
-    """
-    # imported here: models.data.manifest imports this module (suffixes, oriented sizes)
-    from models.data.manifest import build_manifest
-
-    formats, modes = set(formats), set(modes)
-    valid, skipped = [], []
-    for e in build_manifest(root, workers=workers, max_pixels=max_pixels):
-        reason = e.scan_error or e.decode_error
-        if reason is None and e.format not in formats:
-            reason = f"format: {e.format} is not one of data.allowed_formats {sorted(formats)}"
-        if reason is None and e.mode not in modes:
-            reason = f"mode: {e.mode} is not one of data.allowed_modes {sorted(modes)}"
-        if reason is None:
-            valid.append(e)
-        else:
-            skipped.append((e.path, reason))
-    if valid:
-        resolution = resolution or min(valid[0].width, valid[0].height)
-        channels = channels or channels_of(valid[0].mode)
-    resolution, channels = resolution or 1, channels or 1
-    want = limit or len(valid)
-    paths, arrays, done = [], [], 0
-    while len(arrays) < want and done < len(valid):   # a file that fails to decode is replaced by the next one
-        todo = valid[done:done + want - len(arrays)]
-        done += len(todo)
-        for e, arr in zip(todo, _load_all([e.path for e in todo], resolution, channels, workers)):
-            if isinstance(arr, str):
-                skipped.append((e.path, arr))
-            else:
-                paths.append(e.path)
-                arrays.append(arr)
-    images = np.stack(arrays) if arrays else np.zeros((0, channels, resolution, resolution), np.uint8)
-    return FolderImages(str(root), images, paths, sorted(skipped), unused=len(valid) - done)

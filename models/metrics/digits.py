@@ -32,7 +32,7 @@ DOMAIN = "digits"
 SEED = 0
 CLASSES = 10
 NET_SIDE = 32            # the network sees every image at 32x32, the digits' own padded size, whatever the resolution
-WIDTH = 8                # channels of the first conv; doubled twice
+WIDTH = 12               # channels of the first conv; doubled twice
 HIDDEN = 128             # the penultimate layer: the features FD and KD compare
 EPOCHS = 6
 BATCH_SIZE = 64
@@ -40,6 +40,7 @@ MAX_LR = 4e-3            # one-cycle schedule over all steps
 SHIFT = 2                # random translation of up to +-2 px (at 32x32) per training image
 TRAIN_THREADS = 1        # fixed: the weights must not depend on the core count; on a busy 2-core machine
                          # 2 threads spin-wait and train 10x slower than 1
+OUTLIER_EVERY = 4        # a batch of 64 digits gets 16 non-digits (_outliers)
 HELD_OUT_EVERY = 5       # every 5th image of each class is held out: 400 + 100 per class
 CONFIDENT = 0.9          # recognisable: the top class has softmax >= this
 
@@ -106,6 +107,22 @@ def _shift(x: torch.Tensor, max_shift: int, g: torch.Generator) -> torch.Tensor:
     return padded[torch.arange(b)[:, None, None], 0, rows, cols][:, None]
 
 
+def _outliers(x: torch.Tensor, y: torch.Tensor, n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """n images that are not one readable digit, with soft targets (n, 10): uniform noise and flat gray images
+    (target uniform), and blends of two digits of the batch, a x_i + (1 - a) x_j with a in [0.35, 0.65] (target
+    a e_i + (1 - a) e_j). Without them the network reads any input as some digit with confidence."""
+    b = len(x)
+    k = n // 3
+    noise = torch.rand((k, *x.shape[1:]), generator=g)
+    flat = torch.rand((k, 1, 1, 1), generator=g).expand(k, *x.shape[1:])
+    i, j = torch.randint(0, b, (n - 2 * k,), generator=g), torch.randint(0, b, (n - 2 * k,), generator=g)
+    a = 0.35 + 0.3 * torch.rand((n - 2 * k,), generator=g)
+    blend = a[:, None, None, None] * x[i] + (1 - a[:, None, None, None]) * x[j]
+    uniform = torch.full((2 * k, CLASSES), 1.0 / CLASSES)
+    mixed = a[:, None] * F.one_hot(y[i], CLASSES) + (1 - a[:, None]) * F.one_hot(y[j], CLASSES)
+    return torch.cat([noise, flat, blend]), torch.cat([uniform, mixed])
+
+
 def train_classifier(images: np.ndarray, labels: np.ndarray, seed: int = SEED) -> DigitNet:
     """uint8 (N, 1|3, H, W), int64 (N,) -> a DigitNet in eval mode; the same weights for the same inputs and seed."""
     with _deterministic(TRAIN_THREADS):
@@ -122,7 +139,10 @@ def train_classifier(images: np.ndarray, labels: np.ndarray, seed: int = SEED) -
             order = torch.randperm(len(x), generator=g)
             for i in range(0, len(x), BATCH_SIZE):
                 idx = order[i:i + BATCH_SIZE]
-                loss = F.cross_entropy(net(_shift(x[idx], max_shift, g)), y[idx])
+                xb, yb = _shift(x[idx], max_shift, g), y[idx]
+                xo, to = _outliers(xb, yb, max(3, len(idx) // OUTLIER_EVERY), g)
+                logits = net(torch.cat([xb, xo]))
+                loss = F.cross_entropy(logits, torch.cat([F.one_hot(yb, CLASSES).float(), to]))
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()

@@ -1,7 +1,6 @@
 """pytorch-fid's InceptionV3 (2048-d pool3 features): the standard weights policy, or seeded random weights."""
 
 import functools
-import hashlib
 import math
 import os
 import socket
@@ -12,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from pytorch_fid import inception as pfid
 from torch import nn
+
+from models.files import sha256_file
 
 WEIGHTS_URL = pfid.FID_WEIGHTS_URL
 WEIGHTS_FILENAME = WEIGHTS_URL.rsplit("/", 1)[-1]          # pt_inception-2015-12-05-6726825d.pth
@@ -48,17 +49,9 @@ def missing_message() -> str:
             f"random weights; the metrics are then renamed (fd_inception_random, ...) and are not FID.")
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify_weights(path: Path) -> Path:
     """torch.hub's check_hash rule: the file's sha256 must start with the hash prefix in its official name."""
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     if not digest.startswith(HASH_PREFIX):
         raise InceptionWeightsError(f"{path}: sha256 {digest[:16]}... does not start with {HASH_PREFIX}; this is "
                                     f"not {WEIGHTS_FILENAME} (corrupt or a different file). {missing_message()}")

@@ -20,7 +20,8 @@ from pytorch_fid.fid_score import calculate_frechet_distance
 from torch import nn
 from torchvision.models import Inception_V3_Weights, inception_v3
 
-from models.metrics.inception import InceptionWeightsError, randomize_, sha256_of
+from models.files import sha256_file
+from models.metrics.inception import InceptionWeightsError, randomize_
 from models.metrics.registry import public_name
 
 WEIGHTS = Inception_V3_Weights.IMAGENET1K_V1
@@ -57,7 +58,7 @@ def find_weights() -> Path | None:
     path = weights_path()
     if not path.is_file():
         return None
-    digest = sha256_of(path)
+    digest = sha256_file(path)
     if not digest.startswith(HASH_PREFIX):
         raise InceptionWeightsError(f"{path}: sha256 {digest[:16]}... does not start with {HASH_PREFIX}; this is "
                                     f"not {WEIGHTS_FILENAME} (corrupt or a different file). {missing_message()}")
