@@ -131,3 +131,107 @@ def bytes_per_worker(g_params: int, d_params: int, n_critic: int, exchange_dtype
 def predict_grid(model: CostModel, executors: tuple[int, ...] = (8, 32, 128),
                  networks_gbit: tuple[float, ...] = (1, 10)) -> list[dict[str, float]]:
     return [model.predict(n, g) for n in executors for g in networks_gbit]
+
+
+# -- exchange per reduction mode over a network of hosts, fitted to the emulated cluster (`bench cluster`) --------------
+#
+#   exchange(mode, N, bw) = R * (r0 + steps(mode, N) * s) + (k / bw + c) * link_bytes(mode, N)    seconds / iteration
+#   R = n_critic + 1 reductions; steps = sequential messages of one reduction (star: request + reply = 2; ring
+#   all-reduce: 2 (N - 1)); link_bytes = what the busiest link carries in one direction per iteration (star: the
+#   driver's, N x every reduction's bytes; ring: each worker's, 2 (N - 1) / N x every reduction's bytes). r0 (per
+#   reduction), s (per message), k (1 / the share of the link a transfer really gets) and c (CPU seconds per byte
+#   for copies, (de)serialization and the sums, whatever the link) are fitted per mode, all >= 0.
+MODES = ("star", "allreduce")
+
+
+@dataclass
+class NetSizes:
+    """What one iteration moves: the networks' float32 gradients, one reduction per D update and one for G."""
+
+    g_params: int
+    d_params: int
+    n_critic: int
+
+    @property
+    def reductions(self) -> int:
+        return self.n_critic + 1
+
+    @property
+    def reduced_bytes(self) -> float:               # every reduction of one iteration, one copy
+        return 4.0 * (self.g_params + self.n_critic * self.d_params)
+
+
+def link_bytes(mode: str, n: int, sizes: NetSizes) -> float:
+    """Bytes per iteration on the busiest link, busier direction (full duplex)."""
+    if n <= 1:
+        return 0.0
+    return n * sizes.reduced_bytes if mode == "star" else 2.0 * (n - 1) / n * sizes.reduced_bytes
+
+
+def message_steps(mode: str, n: int) -> int:
+    return 0 if n <= 1 else (2 if mode == "star" else 2 * (n - 1))
+
+
+@dataclass
+class ExchangeFit:
+    mode: str
+    per_reduction_s: float
+    per_message_s: float
+    bandwidth_factor: float
+    cpu_s_per_byte: float = 0.0
+    fitted_runs: int = 0
+
+    def exchange_s(self, n: int, gbit: float, sizes: NetSizes) -> float:
+        if n <= 1:
+            return 0.0
+        bw = gbit * 1e9 / 8
+        return (sizes.reductions * (self.per_reduction_s + message_steps(self.mode, n) * self.per_message_s)
+                + (self.bandwidth_factor / bw + self.cpu_s_per_byte) * link_bytes(self.mode, n, sizes))
+
+
+def fit_exchange(mode: str, runs: list[dict], sizes: NetSizes) -> ExchangeFit:
+    """Non-negative least squares of the exchange model to runs {workers, gbit, exchange_s_per_iter} of one mode,
+    weighted by 1/measured so that small and large exchanges count alike (the target is a relative error)."""
+    from scipy.optimize import nnls
+
+    rows, ys = [], []
+    for r in runs:
+        n, bw = r["workers"], r["gbit"] * 1e9 / 8
+        w = 1.0 / max(r["exchange_s_per_iter"], 1e-6)
+        feats = [sizes.reductions, sizes.reductions * message_steps(mode, n), link_bytes(mode, n, sizes) / bw,
+                 link_bytes(mode, n, sizes)]
+        if mode == "star":                      # steps is constant: one per-reduction term absorbs it
+            feats[1] = 0.0
+        rows.append([f * w for f in feats])
+        ys.append(r["exchange_s_per_iter"] * w)
+    coef, _ = nnls(np.asarray(rows), np.asarray(ys))
+    return ExchangeFit(mode, *(float(c) for c in coef), fitted_runs=len(runs))
+
+
+@dataclass
+class IterationModel:
+    """s/iter = compute + exchange(mode) + overhead; compute = c_img x images per worker (measured or stated)."""
+
+    sizes: NetSizes
+    c_img: float                 # compute seconds per image of a worker's slice, per iteration
+    overhead_s: float            # per iteration outside compute and exchange (optimizer step, scheduling)
+    fits: dict[str, ExchangeFit]
+
+    def iteration_s(self, mode: str, n: int, gbit: float, images_per_worker: float) -> float:
+        return self.c_img * images_per_worker + self.fits[mode].exchange_s(n, gbit, self.sizes) + self.overhead_s
+
+    def scaling(self, mode: str, kind: str, n: int, gbit: float, global_batch: int) -> dict[str, float]:
+        """strong: the global batch split over n (>= 1 image each); weak: each worker keeps global_batch / 2
+        images (the N = 2 slice). Against one exchange-free worker on the same work per image."""
+        per = max(global_batch / n, 1.0) if kind == "strong" else global_batch / 2
+        t_n = self.iteration_s(mode, n, gbit, per)
+        t_1 = self.c_img * per * (n if kind == "strong" else 1) + self.overhead_s
+        if kind == "strong":
+            speedup = (n * per / t_n) / (n * per / t_1)          # throughput ratio (images / s)
+        else:
+            speedup = n * t_1 / t_n
+        return {"efficiency": round(speedup / n, 3), "speedup": round(speedup, 3)}
+
+    def grid(self, global_batch: int, executors=(8, 32, 128), gbits=(1, 10, 25)) -> dict:
+        return {mode: {kind: {str(n): {f"{g:g}": self.scaling(mode, kind, n, g, global_batch) for g in gbits}
+                              for n in executors} for kind in ("strong", "weak")} for mode in self.fits}

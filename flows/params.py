@@ -1,8 +1,8 @@
 """The flows' parameters, declared once: the flow signatures, the deployments' schema and the CLI's flags derive from them.
 
 Each field says which config key it sets (`config=`) and, where it differs from the field name, the CLI flag
-(`flag=`). `to_config()` resolves preset -> config_file -> these fields -> overrides into the one typed config
-tree (models.config), whose own checks name the dotted key of any bad value.
+(`flag=`). `to_config()` resolves preset -> the fields left at their defaults -> config_file -> the fields given
+-> overrides into the one typed config tree (models.config), whose own checks name the dotted key of any bad value.
 """
 
 import functools
@@ -117,6 +117,7 @@ class RunParams(BaseModel):
                                  flag="out", metavar="DIR")
 
     archs: ClassVar[tuple[str, ...]] = ()       # the model.arch values this flow trains
+    inputs: ClassVar[dict[str, Callable[[str], Any]]] = {}   # config keys naming input files: their check
 
     @model_validator(mode="after")
     def _resolves(self) -> "RunParams":
@@ -132,6 +133,12 @@ class RunParams(BaseModel):
         if config.model.arch not in self.archs:
             raise ConfigError(f"model.arch: expected {' or '.join(self.archs)} in this flow (the train command's "
                               f"--model picks the flow), got {config.model.arch!r}")
+        for key, check in self.inputs.items():
+            section, _, field = key.partition(".")
+            try:
+                check(getattr(getattr(config, section), field))
+            except ValueError as exc:
+                raise ConfigError(f"{key}: {exc}") from None
 
     def overrides_dict(self, defaults: bool = False) -> dict[str, Any]:
         """The dotted config keys these parameters set (explicit `overrides` win); with `defaults`, instead the keys
@@ -152,6 +159,7 @@ class TrainParams(RunParams):
     """Parameters of the train-transsrgan flow (TransSRGAN, or the DCGAN baseline, with DFAGD on Spark)."""
 
     archs = GAN_ARCHS
+    inputs = {"data.source": _existing_data}
 
     model: Literal["transsrgan", "dcgan"] | None = _field(None, "model family: transsrgan, dcgan (a baseline) or "
                                                                 "singan (its own flow, train-singan)",
@@ -172,13 +180,6 @@ class TrainParams(RunParams):
                                       "MLflow run: a run folder, a checkpoint file, or nothing for the latest",
                                 metavar="RUN", const="latest")
 
-    def check_config(self, config: Config) -> None:
-        super().check_config(config)
-        try:
-            _existing_data(config.data.source)
-        except ValueError as exc:
-            raise ConfigError(f"data.source: {exc}") from None
-
     @model_validator(mode="after")
     def _resume_alone(self) -> "TrainParams":
         if self.resume is not None:
@@ -195,6 +196,7 @@ class SinGANParams(RunParams):
     """Parameters of the train-singan flow (one image, one pyramid)."""
 
     archs = ("singan",)
+    inputs = {"singan.image": _image_source}
 
     model: Literal["singan"] = _field("singan", "", config="model.arch")
     image: ImageSource = _field(DEFAULT_SINGAN_IMAGE, "an image file or skimage:NAME (a photo bundled with "
@@ -206,13 +208,6 @@ class SinGANParams(RunParams):
                                                        metavar="N")
     promotion_margin: NonNegativeFloat = _field(0.0, "SIFID must drop by more than this to take champion-<image>",
                                                 config="eval.promotion_margin", metavar="X")
-
-    def check_config(self, config: Config) -> None:
-        super().check_config(config)
-        try:
-            _image_source(config.singan.image)
-        except ValueError as exc:
-            raise ConfigError(f"singan.image: {exc}") from None
 
 
 def _extra(field: Any) -> dict[str, Any]:

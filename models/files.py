@@ -95,6 +95,20 @@ def _read_ledger(folder: Path) -> dict[str, dict[str, str]]:
 
 
 @contextlib.contextmanager
+def exclusive(lock_file: str | Path) -> Iterator[None]:
+    """Held by one process at a time: another that asks for the same lock file (created if missing, left in place
+    for the next) waits. For work two runs would otherwise do at once into one shared folder."""
+    lock_file = Path(lock_file)
+    lock_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def _locked(folder: Path) -> Iterator[None]:
     """An exclusive lock on the folder itself, so two writers never lose each other's ledger entries."""
     fd = os.open(folder, os.O_RDONLY)

@@ -10,6 +10,7 @@ the batch is split.
 
 import copy
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -22,6 +23,7 @@ from models.losses import d_adversarial, g_adversarial, gradient_penalty
 G_PHASE = 1_000_000  # phase id of the generator update (D phases are 0..n_critic-1)
 
 log = logging.getLogger(__name__)
+Net = Callable[..., torch.Tensor]   # a module, or its compiled form: called as net(x, labels)
 
 
 def phase_seed(seed: int, step: int, phase: int) -> int:
@@ -56,7 +58,7 @@ def autocast(tc: TrainConfig, device: torch.device | str) -> torch.autocast:
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=tc.precision == "bf16")
 
 
-def d_loss(G: nn.Module, D: nn.Module, real: torch.Tensor, real_labels: torch.Tensor | None, noise: Noise,
+def d_loss(G: Net, D: Net, real: torch.Tensor, real_labels: torch.Tensor | None, noise: Noise,
            tc: TrainConfig, D_penalty: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The critic's loss. D_penalty (default D) takes the gradient penalty, whose double backward a compiled D
     cannot do; D scores real and fake images. Scores are cast to float32 before any loss (a no-op in fp32)."""
@@ -69,7 +71,7 @@ def d_loss(G: nn.Module, D: nn.Module, real: torch.Tensor, real_labels: torch.Te
     return loss, {"loss_d": loss.detach(), "gradient_penalty": gp.detach()}
 
 
-def g_loss(G: nn.Module, D: nn.Module, noise: Noise, tc: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def g_loss(G: Net, D: Net, noise: Noise, tc: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     with autocast(tc, noise.z.device):
         scores = D(G(noise.z, noise.labels), noise.labels).float()
     loss = g_adversarial(tc.loss, scores)
@@ -163,8 +165,8 @@ class Nets:
     gradient penalty's double backward (aot_autograd does not support double backward).
     """
 
-    G: nn.Module
-    D: nn.Module
+    G: Net
+    D: Net
     D_penalty: nn.Module
 
 

@@ -142,8 +142,8 @@ def fingerprint(modules: list[nn.Module]) -> torch.Tensor:
 
 @dataclass
 class ReplicaTiming:
-    """One replica's seconds, summed since the start: compute = its gradients, exchange = its all-reduces
-    (they include waiting for the slowest worker)."""
+    """Seconds summed since the start: compute = the slowest worker's gradients, exchange = the all-reduces less
+    the wait for that worker, compute_cpu = this replica's CPU time."""
 
     iterations: int = 0
     reductions: int = 0
@@ -155,9 +155,9 @@ class ReplicaTiming:
 class AllReduceGradSource:
     """GradSource of one replica: its partitions' mean gradient, averaged over all workers by one all-reduce.
 
-    Buffer per network: [gradient (n,) | the loss statistics | stop flag]; the statistics travel with the
-    gradient, so every replica sees the same losses and skips the same non-finite updates; rank 0 raises
-    the stop flag when the driver asks to stop, and every replica stops after the same step.
+    Buffer per network: [gradient (n,) | loss statistics | compute seconds per rank | stop flag]; the statistics
+    travel with the gradient, so every replica sees the same losses and skips the same non-finite updates; rank 0
+    raises the stop flag when the driver asks to stop, and every replica stops after the same step.
     """
 
     def __init__(self, pw: PartitionWorker, collective: Collective, check_every: int, attempt: int = 0):
@@ -168,29 +168,36 @@ class AllReduceGradSource:
         self.stop_requested = False     # the all-reduced flag: the same on every rank
         self.timing = ReplicaTiming()
 
-    def _mean(self, key: str, grad: torch.Tensor, stats: dict[str, float]) -> tuple[torch.Tensor, dict[str, float]]:
-        names, n = sorted(stats), grad.numel()
+    def _mean(self, key: str, grad: torch.Tensor, stats: dict[str, float], compute_s: float, cpu_s: float
+              ) -> tuple[torch.Tensor, dict[str, float]]:
+        names, n, size = sorted(stats), grad.numel(), self.collective.size
+        k = len(names)
         buf = self.buffers.get(key)
-        if buf is None:
-            buf = self.buffers[key] = torch.zeros(n + len(names) + 1, device=self.pw.device)
+        if buf is None:     # [gradient (n,) | statistics (k,) | each rank's compute seconds (size,) | stop flag]
+            buf = self.buffers[key] = torch.zeros(n + k + size + 1, device=self.pw.device)
         t0 = time.perf_counter()
         buf[:n].copy_(grad)
-        buf[n:n + len(names)] = torch.tensor([stats[k] for k in names], dtype=buf.dtype)
-        buf[-1] = 1.0 if self.stop_wanted else 0.0
+        tail = torch.zeros(k + size + 1)
+        tail[:k] = torch.tensor([stats[name] for name in names])
+        tail[k + self.rank] = compute_s
+        tail[-1] = 1.0 if self.stop_wanted else 0.0
+        buf[n:].copy_(tail)
         self.collective.allreduce_sum(buf)
-        buf.div_(self.collective.size)
+        buf[:n].div_(size)
         values = buf[n:].tolist()
         self.stop_requested = values[-1] > 0
-        self.timing.exchange_s += time.perf_counter() - t0
+        # Like star's breakdown: compute = the slowest worker's; exchange = the all-reduce less the wait for it
+        slowest = max(values[k:k + size])
+        self.timing.compute_s += slowest
+        self.timing.compute_cpu_s += cpu_s
+        self.timing.exchange_s += max(time.perf_counter() - t0 - (slowest - compute_s), 0.0)
         self.timing.reductions += 1
-        return buf[:n], dict(zip(names, values[:-1]))
+        return buf[:n], {name: v / size for name, v in zip(names, values[:k])}
 
-    def _local(self, step: int, phase: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def _local(self, step: int, phase: int) -> tuple[torch.Tensor, dict[str, float], float, float]:
         t0, c0 = time.perf_counter(), time.process_time()
         grad, stats = self.pw.gradient(step, phase)
-        self.timing.compute_s += time.perf_counter() - t0
-        self.timing.compute_cpu_s += time.process_time() - c0
-        return grad.to(self.pw.device), stats
+        return grad.to(self.pw.device), stats, time.perf_counter() - t0, time.process_time() - c0
 
     def d_grad(self, state: GANState, step: int, k: int) -> tuple[torch.Tensor, dict[str, float]]:
         return self._mean("d", *self._local(step, k))

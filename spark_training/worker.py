@@ -75,7 +75,7 @@ class PartitionWorker:
         self.G = build_generator(self.cfg.model).to(self.device)
         self.D = build_discriminator(self.cfg.model).to(self.device)
         self._nets: tuple[torch.nn.Module, torch.nn.Module, Nets] | None = None
-        self._grads: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}   # "g"/"d" -> (sum, one partition's)
+        self._grads: dict[str, torch.Tensor] = {}     # "g"/"d" -> the sum; "g+"/"d+" -> a later partition's
 
     def nets(self) -> Nets:
         if self._nets is None or self._nets[0] is not self.G or self._nets[1] is not self.D:
@@ -88,11 +88,10 @@ class PartitionWorker:
         if d is not None:
             set_flat(self.D, d)
 
-    def _buffers(self, which: str, params: list[torch.nn.Parameter]) -> tuple[torch.Tensor, torch.Tensor]:
-        if which not in self._grads:
-            n = sum(p.numel() for p in params)
-            self._grads[which] = (torch.empty(n, device=self.device), torch.empty(n, device=self.device))
-        return self._grads[which]
+    def _buffer(self, key: str, params: list[torch.nn.Parameter]) -> torch.Tensor:
+        if key not in self._grads:
+            self._grads[key] = torch.empty(sum(p.numel() for p in params), device=self.device)
+        return self._grads[key]
 
     def gradient(self, step: int, phase: int) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean over owned partitions of each partition's mean gradient; float32 on CPU.
@@ -103,7 +102,7 @@ class PartitionWorker:
         nets = self.nets()
         which, net = ("g", self.G) if phase == G_PHASE else ("d", self.D)
         params = params_of(net)
-        total, part = self._buffers(which, params)
+        total = self._buffer(which, params)
         stats: dict[str, float] = {}
         for i, (p, block) in enumerate(sorted(self.blocks.items())):
             noise = draw_noise(tc.seed, step, phase, tc.batch_size, c.model.z_dim, c.model.num_classes,
@@ -121,7 +120,7 @@ class PartitionWorker:
             if i == 0:
                 flat_grad(loss, params, out=total)
             else:
-                total.add_(flat_grad(loss, params, out=part))
+                total.add_(flat_grad(loss, params, out=self._buffer(which + "+", params)))
             for k, v in s.items():
                 stats[k] = stats.get(k, 0.0) + float(v)
         n = len(self.blocks)

@@ -28,7 +28,7 @@ from great_expectations.data_context.types.base import ProgressBarsConfig  # noq
 
 from models.config import DataConfig  # noqa: E402
 from models.data.manifest import Entry, build_manifest, duplicates, fingerprint  # noqa: E402
-from models.files import OutputFolder, atomic_path, write_atomic  # noqa: E402
+from models.files import OutputFolder, atomic_path, exclusive, write_atomic  # noqa: E402
 from models.paths import data_home  # noqa: E402
 
 MANIFEST = "manifest.parquet"
@@ -249,9 +249,10 @@ def materialise_digits(resolution: int) -> Path:
     side = max(DIGITS_SIDE, resolution)
     folder = data_home() / "datasets" / ("digits" if side == DIGITS_SIDE else f"digits-{side}")
     marker = folder.with_name(folder.name + ".complete")  # outside the folder, so it is not validated
-    if not marker.exists():
-        n, _ = export_digits(folder, side)
-        write_atomic(marker, f"{n}\n")
+    with exclusive(folder.with_name(folder.name + ".lock")):   # a second run waits, then finds it complete
+        if not marker.exists():
+            n, _ = export_digits(folder, side)
+            write_atomic(marker, f"{n}\n")
     return folder
 
 

@@ -1,6 +1,7 @@
 """Evaluation adapters: a generator, a folder of fakes or a SinGAN against real data, logged to the active run."""
 
 import dataclasses
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,9 +18,10 @@ from models.data.folder import FolderImages, read_folder
 from models.data.images import channels_of, load_paths
 from models.grid import make_grid, sample, save_png, to_uint8
 from models.metrics import EvalResult, evaluate_images
-from models.metrics.evaluate import real_subset
+from models.metrics.evaluate import real_subset, real_subsets
 from models.metrics.plots import save_real_vs_fake
 from models.metrics.sifid import sifid, sifid_extractor, sifid_metric_name
+from models.paths import data_home
 from models.singan import SinGANState, diversity, reconstruct, reconstruction_rmse
 from models.singan import sample as singan_sample
 from tasks.tags import SAMPLES_DIR, TAG_EXTRACTOR
@@ -105,6 +107,30 @@ def real_images(real_source: str, n: int, resolution: int, channels: int, need: 
     return real_subset(read_images("real", real_source, need, resolution, channels, on_read=on_read), n)
 
 
+def real_sets(real_source: str, n: int, resolution: int, channels: int, need: int = 2,
+              on_read: OnRead | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(compared, floor partner): models.metrics.evaluate.real_subsets of the real data, disjoint; the partner has
+    n images when the data has 2n (else the floors halve the compared subset)."""
+    return real_subsets(read_images("real", real_source, need, resolution, channels, on_read=on_read), n)
+
+
+def data_domain(source: str) -> str | None:
+    """'digits' when `source` is the embedded digits: the name, or their copy that the data gate validates
+    (tasks.data_gate.materialise_digits: data_home()/datasets/digits[-<side>]) as a folder or through the
+    `transsrgan.source` of its manifest; else None. The domain's own metrics (models.metrics.digits) then run."""
+    if source == "digits":
+        return "digits"
+    path = Path(source).expanduser()
+    if path.suffix == ".parquet" and path.is_file():
+        try:
+            meta = pq.read_schema(path).metadata or {}
+        except Exception:  # noqa: BLE001 - not a manifest: no domain, and read_images names the problem
+            return None
+        path = Path(meta.get(b"transsrgan.source", b"").decode())
+    named = re.fullmatch(r"digits(-\d+)?", path.name) is not None
+    return "digits" if named and path.resolve().parent == (data_home() / "datasets").resolve() else None
+
+
 def generated_images(G: nn.Module, n: int, model_cfg: ModelConfig, seed: int) -> np.ndarray:
     """uint8 (n, C, H, W) from models.grid.sample (deterministic in seed)."""
     return to_uint8(sample(G, n, seed, model_cfg.z_dim, model_cfg.num_classes)).transpose(0, 3, 1, 2).copy()
@@ -115,6 +141,8 @@ def log_evaluation(result: EvalResult, real: np.ndarray, fake: np.ndarray, *, st
     """Metrics, the tag feature_extractor and pictures under samples/ into the active MLflow run."""
     mlflow.log_metrics(result.metrics, step=step)
     mlflow.log_metric("feature_images_per_s", result.feature_images_per_s, step=step)
+    if result.floor_n:                          # images per real subset behind the *_floor metrics
+        mlflow.log_metric("floor_n", result.floor_n, step=step)
     mlflow.set_tag(TAG_EXTRACTOR, result.extractor)
     suffix = f"_step_{step:06d}" if step is not None else ""
     with tempfile.TemporaryDirectory() as tmp:
@@ -128,10 +156,11 @@ def evaluate_generator(G: nn.Module, real_source: str, eval_cfg: EvalConfig, mod
                        fingerprint: str | None = None, seed: int = 0, step: int | None = None,
                        on_read: OnRead | None = None) -> EvalResult:
     """eval_cfg.n_samples images from G (noise seed `seed`) against as many real images from real_source."""
-    real = real_images(real_source, eval_cfg.n_samples, model_cfg.resolution, model_cfg.channels,
-                       min_images(eval_cfg), on_read)
+    real, floor_real = real_sets(real_source, eval_cfg.n_samples, model_cfg.resolution, model_cfg.channels,
+                                 min_images(eval_cfg), on_read)
     fake = generated_images(G, eval_cfg.n_samples, model_cfg, seed)
-    result = evaluate_images(fake, real, config=eval_cfg, fingerprint=fingerprint)
+    result = evaluate_images(fake, real, config=eval_cfg, fingerprint=fingerprint, floor_real=floor_real,
+                             domain=data_domain(real_source))
     if mlflow.active_run() is not None:
         grid = make_grid(to_uint8(sample(G, GRID_N, GRID_SEED, model_cfg.z_dim, model_cfg.num_classes)))
         log_evaluation(result, real, fake, step=step, fixed_grid=grid)
@@ -145,8 +174,8 @@ def evaluate_folder(fake_path: str, real_source: str, eval_cfg: EvalConfig, reso
     need = min_images(eval_cfg)
     fake = read_images("fake", fake_path, need, resolution, channels, limit=eval_cfg.n_samples, on_read=on_read)
     _, channels, resolution, _ = fake.shape                                  # (N, C, H, W)
-    real = real_images(real_source, eval_cfg.n_samples, resolution, channels, need, on_read)
-    result = evaluate_images(fake, real, config=eval_cfg)
+    real, floor_real = real_sets(real_source, eval_cfg.n_samples, resolution, channels, need, on_read)
+    result = evaluate_images(fake, real, config=eval_cfg, floor_real=floor_real, domain=data_domain(real_source))
     if mlflow.active_run() is not None:
         log_evaluation(result, real, fake)
     return result

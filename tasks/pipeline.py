@@ -22,7 +22,7 @@ from prefect.context import TaskRunContext
 
 import tasks.data_gate as data_gate
 from models.config import Config, DataConfig
-from models.files import atomic_path, sha256_file
+from models.files import atomic_path, exclusive, sha256_file
 from models.paths import data_home
 from models.singan import SinGANState, image_name
 from models.singan.image import SKIMAGE_PREFIX, load_bundled
@@ -131,8 +131,11 @@ def validate_data(source: str, data: DataConfig, resolution: int) -> GateResult:
     """
     key = _gate_key(source, data, resolution)
     out = data_home() / "validation" / (key or f"uncached-{os.getpid()}")
-    fresh = key is None or not (out / "manifest.parquet").is_file()
-    return _validate.with_options(refresh_cache=fresh)(source, data, resolution, str(out), key)
+    # Runs gating the same data at once would write one report folder together: one gates, the others wait for
+    # its result.
+    with exclusive(out.with_name(out.name + ".lock")):
+        fresh = key is None or not (out / "manifest.parquet").is_file()
+        return _validate.with_options(refresh_cache=fresh)(source, data, resolution, str(out), key)
 
 
 # ---------------------------------------------------------------- one image (SinGAN)

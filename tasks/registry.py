@@ -59,12 +59,13 @@ from tasks.tags import (
 from tasks.tracking import sqlite_path
 
 _LOWER = ("fid", "kid", "fd", "kd", "sifid", "loss", "s")          # first token of the metric name
-_HIGHER = ("precision", "recall", "density", "coverage", "images", "speedup", "efficiency")
+_HIGHER = ("precision", "recall", "density", "coverage", "recognisable", "class", "images", "speedup", "efficiency")
 _MISSING = ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND")
 
 
 def lower_is_better(metric_name: str) -> bool:
-    """fid/kid/fd_*/kd_*/sifid (and losses, s_per_iter): lower; precision/recall/density/coverage: higher.
+    """fid/kid/fd_*/kd_*/sifid (and losses, s_per_iter): lower; precision/recall/density/coverage, recognisable
+    and class_balance (the digits' classifier): higher.
 
     Extractor-suffixed names (recall_inception_random, sifid_inception_random) follow their base metric.
     """
@@ -74,7 +75,7 @@ def lower_is_better(metric_name: str) -> bool:
     if head in _HIGHER:
         return False
     raise ValueError(f"primary_metric {metric_name!r}: unknown direction; expected fid, kid, fd_*, kd_*, sifid "
-                     f"(lower is better) or precision, recall, density, coverage (higher is better), "
+                     f"(lower is better) or precision, recall, density, coverage, recognisable, class_balance (higher is better), "
                      f"or pass lower_is_better explicitly")
 
 

@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from models.config import Config
+from models.files import exclusive
 from models.paths import data_home
 from tasks.tags import (
     CONFIG_ARTIFACT,
@@ -100,9 +101,25 @@ def configure_tracking(uri: str | None = None) -> str:
     db = sqlite_path(resolved)
     if db:
         db.parent.mkdir(parents=True, exist_ok=True)
+        _create_tables(resolved, db)
     mlflow.set_tracking_uri(resolved)
     mlflow.set_registry_uri(resolved)
     return redact(resolved)
+
+
+_TABLES_READY: set[str] = set()     # SQLite stores this process has opened (and so created or migrated)
+
+
+def _create_tables(uri: str, db: Path) -> None:
+    """Open a SQLite store once under a lock beside it: two processes opening a new store at once would both run
+    MLflow's schema migrations on it, and one of them fails ("Online migration expected to match one row")."""
+    if uri in _TABLES_READY:
+        return
+    with exclusive(db.with_name(db.name + ".lock")):
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client.search_experiments(max_results=1)          # the tracking store's tables ...
+        client.search_registered_models(max_results=1)    # ... and the registry's
+    _TABLES_READY.add(uri)
 
 
 def ensure_experiment(name: str) -> str:

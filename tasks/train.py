@@ -1,6 +1,7 @@
 """Training tasks of both families, tracked in MLflow: TransSRGAN/DCGAN (DFAGD on Spark or local) and SinGAN."""
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -138,9 +139,20 @@ def _run_name() -> str:
 
 
 def _run_folder(out_dir: str | None, default_name: str) -> Path:
-    """out_dir, default $TRANSSRGAN_HOME/runs/<default_name>: private to the flow run."""
-    out = Path(out_dir) if out_dir else data_home() / "runs" / default_name
-    out.mkdir(parents=True, exist_ok=True)
+    """out_dir, default $TRANSSRGAN_HOME/runs/<default_name>: private to the flow run. Flow run names can repeat
+    (also at the same moment), so a default folder that another flow run made gets <name>-<flow run id> instead."""
+    if out_dir:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        return Path(out_dir)
+    out = data_home() / "runs" / default_name
+    out.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir()                                       # atomic: exactly one flow run makes it
+    except FileExistsError:
+        own = str(flow_run.id or "")
+        if not own or read_run_record(out).get("flow_run_id") != own:
+            out = out.with_name(f"{default_name}-{own[:8] or os.getpid()}")
+            out.mkdir(exist_ok=True)
     return out
 
 

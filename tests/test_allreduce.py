@@ -122,6 +122,22 @@ def test_reduction_is_a_strict_choice():
         cfg(2, reduction="ring")
 
 
+def test_batch_per_worker_sets_the_global_batch_and_excludes_an_explicit_one():
+    c = resolve_config("demo", {"train.batch_per_worker": 8, "spark.workers": 4})
+    assert (c.train.batch_size, c.partitions) == (32, 4)
+    assert c.updated({"spark.workers": 8}).train.batch_size == 64            # weak scaling follows the workers
+    assert resolve_config("demo").train.batch_size == 32                     # the preset's value otherwise
+    for bad in ({"train.batch_per_worker": 8, "train.batch_size": 32}, {"train.batch_size": 32}):
+        with pytest.raises(ConfigError, match=r"^train\.batch_per_worker: cannot be combined with an explicit "
+                                              r"train\.batch_size"):
+            if "train.batch_per_worker" in bad:
+                resolve_config("demo", bad)
+            else:
+                c.updated(bad)
+    with pytest.raises(ConfigError, match=r"^train\.batch_per_worker: expected >= 1, got 0$"):
+        resolve_config("demo", {"train.batch_per_worker": 0})
+
+
 # -- on a real local Spark ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def digits16():

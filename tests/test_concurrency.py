@@ -15,6 +15,19 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNS = 2
 
 
+def test_a_default_run_folder_is_never_another_flow_runs(tmp_path, monkeypatch):
+    """Flow run names repeat: a second run of the same name gets its own folder, not the first one's checkpoint."""
+    monkeypatch.setenv("TRANSSRGAN_HOME", str(tmp_path))
+    from tasks.runs import write_run_record
+    from tasks.train import _run_folder
+
+    first = _run_folder(None, "electric-sloth")
+    write_run_record(first, flow_run_id="another flow run")
+    second = _run_folder(None, "electric-sloth")
+    assert second != first and second.parent == first.parent and second.is_dir()
+    assert _run_folder(str(first), "electric-sloth") == first          # an explicit --out is used as given
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(3000)
 def test_two_trainings_at_once(tmp_path, monkeypatch):
@@ -37,10 +50,10 @@ def test_two_trainings_at_once(tmp_path, monkeypatch):
     for code, (out, err) in zip(codes, logs):
         if code == 0:
             finished.append(out.read_text())
-        else:          # a clear refusal: the last line of stderr says why, in one line
-            last = err.read_text().strip().splitlines()[-1:]
-            assert code in (1, 2) and last and last[0].startswith("transsrgan train:"), \
-                f"exit {code}:\n{out.read_text()[-3000:]}\n{err.read_text()[-3000:]}"
+        else:          # a clear refusal: one line of the command's own says why (the rest is Prefect's log)
+            said = [line for line in err.read_text().splitlines() if line.startswith("transsrgan train:")]
+            assert code in (1, 2) and len(said) == 1, f"exit {code}:\n{out.read_text()[-3000:]}\n" \
+                                                      f"{err.read_text()[-3000:]}"
     assert finished, "neither training finished"
 
     # every finished run has its own folder: a checkpoint that loads and a run.json that parses

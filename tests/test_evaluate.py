@@ -139,7 +139,8 @@ def test_evaluate_generator_logs_metrics_tag_and_pictures_to_mlflow(small_extrac
             res = evaluate_generator(G, "digits", _cfg(8), cfg.model, seed=0)
         client = MlflowClient(uri)
         data = client.get_run(run.info.run_id).data
-        assert data.tags["feature_extractor"] == res.extractor == "inception-v3-random-seed0"
+        assert data.tags["feature_extractor"] == res.extractor    # real "digits": the digits classifier too
+        assert res.extractor.startswith("inception-v3-random-seed0+digits-cnn-") and "fd_digits" in data.metrics
         assert data.metrics["kd_inception_random"] == pytest.approx(res.metrics["kd_inception_random"])
         assert "kid" not in data.metrics and "fid" not in data.metrics and "feature_images_per_s" in data.metrics
         names = {a.path for a in client.list_artifacts(run.info.run_id, "samples")}
@@ -179,8 +180,13 @@ def test_cli_fake_folder_full_metric_table_and_json(no_weights, digits16, capsys
     payload = json.loads(out.read_text())
     assert set(payload["metrics"]) == {"fd_inception_random", "kd_inception_random", "precision_inception_random",
                                        "recall_inception_random", "density_inception_random",
-                                       "coverage_inception_random", "msssim_diversity"}
-    assert payload["primary_metric"] == "fd_inception_random" and payload["metrics"]["fd_inception_random"] >= 0
+                                       "coverage_inception_random", "msssim_diversity",
+                                       "fd_inception_random_floor", "fd_inception_random_vs_floor",
+                                       "kd_inception_random_floor", "fd_digits", "fd_digits_floor",
+                                       "fd_digits_vs_floor", "kd_digits", "kd_digits_floor", "recognisable",
+                                       "recognisable_real", "class_balance", "class_balance_real"}
+    # --real digits: the digits classifier's FD is primary without the standard Inception weights
+    assert payload["primary_metric"] == "fd_digits" and payload["metrics"]["fd_inception_random"] >= 0
 
 
 # ---------------------------------------------------------------- hostile folders and outputs

@@ -10,7 +10,6 @@ NaN, infinity) must be refused before that point. `-m slow` adds random values f
 import argparse
 import contextlib
 import functools
-import io
 import logging
 import os
 from pathlib import Path
@@ -21,8 +20,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_fuzz_config import cli  # tests/ is on sys.path (pytest rootdir conftest)
 
-from flows.cli import build_parser, main
+from flows.cli import build_parser
 
 
 class Reached(Exception):
@@ -124,16 +124,6 @@ def _stubs(command: str, flag: str) -> list[Any]:
         "chaos": [mock.patch("chaos.harness.run_chaos", side_effect=_reach)],
     }
     return targets.get(command, [])
-
-
-def cli(*argv: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            code = main(list(argv))
-        except SystemExit as exc:
-            code = exc.code
-    return code, out.getvalue(), err.getvalue()
 
 
 def _expand(value: str, places: dict[str, str]) -> str:

@@ -71,11 +71,6 @@ VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3)
                       | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=6)
 
 
-def _current(key: str) -> Any:
-    section, _, field = key.partition(".")
-    return TINY[section][field] if field else TINY[section]
-
-
 def _near(value: Any) -> list[Any]:
     """Values next to the tiny preset's: most of them valid, some just over a bound, some of another type."""
     if isinstance(value, bool):
@@ -98,7 +93,7 @@ def _near(value: Any) -> list[Any]:
 def _cases(values: st.SearchStrategy = VALUES) -> st.SearchStrategy:
     """(key, value): every key of the tree with a random value or one near its tiny preset value."""
     return st.sampled_from(KEYS).flatmap(
-        lambda k: st.tuples(st.just(k), st.one_of(values, st.sampled_from(_near(_current(k))))))
+        lambda k: st.tuples(st.just(k), st.one_of(values, st.sampled_from(_near(_lookup(TINY, k))))))
 
 
 def _no_none(value: Any) -> bool:
@@ -436,7 +431,7 @@ def check_malformed(scratch: Path, case: tuple[bytes, str]) -> None:
     path.write_bytes(content)
     code, out, err = cli("train", "--dry-run", "--preset", "tiny", "--config", str(path))
     if code != 0:
-        refused(code, err, [str(path), "--config", *KEYS])
+        refused(code, err, [str(path), "--config", *KEYS, *Config.model_fields])
 
 
 test_malformed_files, test_malformed_files_soak = _fuzz(

@@ -9,7 +9,7 @@ from models.config import EvalConfig
 from models.grid import make_grid, save_png
 from models.metrics import METRICS, InceptionWeightsError, primary_metric_name
 from models.metrics import inception as inc
-from models.metrics.cache import cache_path, load_real, save_real
+from models.metrics.cache import RealSide, cache_path, load_real, save_real
 from models.metrics.diversity import mean_pairwise_msssim, window_and_scales
 from models.metrics.fid import frechet_distance
 from models.metrics.kid import kernel_distance
@@ -152,12 +152,18 @@ def test_cache_roundtrip_and_key(tmp_path):
     changed = imgs.copy()
     changed[0, 0, 0, 0] ^= 1
     assert cache_path(tmp_path, changed, "ex-a", "fp") != p
+    # the floors are cached with the features: their partner images and what they depend on key the file too
+    assert cache_path(tmp_path, imgs, "ex-a", "fp", floor_images=changed) != p
+    assert cache_path(tmp_path, imgs, "ex-a", "fp", references='{"kid_subsets": 10}') != p
     assert load_real(p) is None
     f = np.ones((10, 4), np.float32)
-    save_real(p, f, f.mean(0), np.eye(4))
-    feats, mu, sigma = load_real(p)
-    assert np.array_equal(feats, f) and sigma.shape == (4, 4)
+    save_real(p, RealSide(f, f.mean(0), np.eye(4), references={"fid_floor": 0.5}, floor_n=5))
+    side = load_real(p)
+    assert np.array_equal(side.features, f) and side.sigma.shape == (4, 4) and side.probs is None
+    assert side.references == {"fid_floor": 0.5} and side.floor_n == 5
     assert [q.name for q in tmp_path.iterdir()] == [p.name]           # written atomically, no temp file
+    save_real(p, RealSide(f, f.mean(0), np.eye(4), probs=np.full((10, 3), 1 / 3)))
+    assert load_real(p).probs.shape == (10, 3) and load_real(p).references == {}
     p.write_bytes(b"garbage")
     assert load_real(p) is None
 

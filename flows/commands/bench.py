@@ -1,4 +1,4 @@
-"""`transsrgan bench`: `speedup` (DFAGD against plain PyTorch and DDP) here, `quality` in bench_quality.py.
+"""`transsrgan bench`: `speedup` (DFAGD against plain PyTorch and DDP) and `cluster` here, `quality` in bench_quality.py.
 
 The measuring code lives in benchmarks/, a development package beside flows/ in a source checkout: never
 installed, never shipped to Spark, and imported only inside the handlers (after require_checkout()).
@@ -21,6 +21,23 @@ def _worker_list(text: str) -> tuple[int, ...]:
     return ns
 
 
+def _rate_list(text: str) -> tuple[float, ...]:
+    try:
+        rates = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated Gbit/s such as 1,10, got {text!r}") from None
+    if not rates or min(rates) <= 0:
+        raise argparse.ArgumentTypeError(f"expected rates > 0, got {text!r}")
+    return rates
+
+
+def _mode_list(text: str) -> tuple[str, ...]:
+    modes = tuple(x.strip() for x in text.split(",") if x.strip())
+    if not modes or set(modes) - {"star", "allreduce"}:
+        raise argparse.ArgumentTypeError(f"expected star and/or allreduce, got {text!r}")
+    return modes
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="benchmarks: speedup (DFAGD vs PyTorch vs DDP), quality",
                        description="Benchmarks. `bench speedup` measures DFAGD's speed against its peers.")
@@ -40,6 +57,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--json", metavar="FILE", help=f"write the result JSON here; {REFUSAL}")
     s.add_argument("--markdown", metavar="FILE", help=f"write the Markdown table here; {REFUSAL}")
     s.set_defaults(func=run_speedup)
+    c = bench_sub.add_parser("cluster", help="star vs all-reduce DFAGD on a Spark standalone cluster emulated in network "
+                                             "namespaces (root)",
+                             description="Starts a Spark master and N workers, each in its own Linux network namespace "
+                                         "with a tc-shaped link, runs DFAGD with spark.reduction star and allreduce, "
+                                         "counts every host's bytes, fits the cost model and removes everything it "
+                                         "made. Needs root.")
+    c.add_argument("--workers", type=_worker_list, default=(2, 4, 8), metavar="N,M", help="default 2,4,8")
+    c.add_argument("--gbit", type=_rate_list, default=(1.0, 10.0), metavar="G,H", help="link rates, default 1,10")
+    c.add_argument("--modes", type=_mode_list, default=("star", "allreduce"), metavar="M,N",
+                   help="spark.reduction values, default star,allreduce")
+    c.add_argument("--preset", choices=["tiny", "demo", "full"], default="demo", help="model/batch preset (default demo)")
+    c.add_argument("--steps", type=int, default=4, metavar="N", help="timed iterations per run (default 4)")
+    c.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed iterations first (default 1)")
+    c.add_argument("--json", metavar="FILE", help=f"write the result JSON here; {REFUSAL}")
+    c.add_argument("--markdown", metavar="FILE", help=f"write the Markdown tables here; {REFUSAL}")
+    c.add_argument("--figure", metavar="FILE.png", help=f"measured vs predicted exchange; {REFUSAL}")
+    c.set_defaults(func=run_cluster)
     bench_quality.register(bench_sub)
     p.set_defaults(func=lambda _args: (p.print_help(), 2)[1])
 
@@ -69,6 +103,33 @@ def run_speedup(args: argparse.Namespace) -> int:
     if args.markdown:
         write_report(args.markdown, table, "--markdown", "bench speedup")
     _log_mlflow(result)
+    return 0
+
+
+def run_cluster(args: argparse.Namespace) -> int:
+    import os
+
+    from flows.cli import require_checkout
+    from flows.errors import UsageError
+
+    if args.steps < 1 or args.warmup < 0:
+        raise UsageError(f"--steps: expected >= 1 and --warmup >= 0, got {args.steps} and {args.warmup}")
+    if os.geteuid() != 0:
+        raise UsageError("bench cluster: needs root (network namespaces, veth links, tc); nothing was started")
+    for value, flag in ((args.json, "--json"), (args.markdown, "--markdown"), (args.figure, "--figure")):
+        check_report(value, flag, "bench cluster")
+    require_checkout("benchmarks")
+    from benchmarks.cluster import bench_cluster, figure, markdown
+
+    result = bench_cluster(args.preset, args.workers, args.gbit, args.modes, args.warmup, args.steps)
+    table = markdown(result)
+    print(table)
+    if args.json:
+        write_report(args.json, json.dumps(result, indent=2), "--json", "bench cluster")
+    if args.markdown:
+        write_report(args.markdown, table, "--markdown", "bench cluster")
+    if args.figure:
+        figure(result, args.figure)
     return 0
 
 

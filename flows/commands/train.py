@@ -67,6 +67,7 @@ def _speed_line(t: dict) -> list[str]:
 
 def report(s: dict[str, Any], where: str) -> str:
     """The end of the output: what happened and where to look."""
+    from models.metrics.evaluate import quality_summary
     from tasks.tracking import configure_tracking
 
     lines = [""]
@@ -77,6 +78,7 @@ def report(s: dict[str, Any], where: str) -> str:
         metrics = ", ".join(f"{k} {v:.4g}" for k, v in sorted(s["metrics"].items()))
         lines += [f"run id:    {s['run_id']} ({s['steps']} steps in {s['train_wall_s']:.0f}s)",
                   f"metrics:   {metrics}  [features: {s['feature_extractor']}]",
+                  *([f"quality:   {q}"] if (q := quality_summary(s["metrics"])) else []),
                   f"version:   {s['version']} registered",
                   f"champion:  version {s['champion_version']} "
                   f"({'changed' if s['champion_changed'] else 'unchanged'}: {s['promotion_reason']})",

@@ -4,7 +4,8 @@
 # MNIST-like data is a classifier trained on the domain. This one is trained at first use, deterministically (seeded
 # initialisation and order, fixed threads, torch's deterministic algorithms), on 4,000 of the 5,000 embedded digits
 # at the evaluated resolution, checked on the other 1,000, and cached under a hash of its data, this file and its
-# seed (never downloaded). Measured on the 2-core machine: about 10 s of CPU per training, 98 % held out.
+# seed (never downloaded). Measured on the shared 2-core machine: 15-25 s of CPU per training (about 30 s wall
+# beside other jobs), held-out accuracy 98.2 % at 32x32 and 97.9 % at 16x16.
 
 import contextlib
 import functools
@@ -34,7 +35,7 @@ CLASSES = 10
 NET_SIDE = 32            # the network sees every image at 32x32, the digits' own padded size, whatever the resolution
 WIDTH = 12               # channels of the first conv; doubled twice
 HIDDEN = 128             # the penultimate layer: the features FD and KD compare
-EPOCHS = 6
+EPOCHS = 7
 BATCH_SIZE = 64
 MAX_LR = 4e-3            # one-cycle schedule over all steps
 SHIFT = 2                # random translation of up to +-2 px (at 32x32) per training image

@@ -12,7 +12,7 @@ import numpy as np
 from models.config import EvalConfig
 from models.metrics import cache
 from models.metrics.features import extract_features, resolve_device
-from models.metrics.inception import load_extractor
+from models.metrics.inception import Extractor, load_extractor
 from models.metrics.registry import (
     DOMAINS,
     FLOOR_SUFFIX,
@@ -31,6 +31,7 @@ from models.metrics.registry import (
 REAL_SUBSET_SEED = 0   # fixed, so every evaluation of a dataset uses the same real images (and cached features)
 FLOOR_SEED = 0         # the floors describe the real data: one seed for their random draws (KID's subsets)
 DISJOINT, HALVES = "disjoint", "halves"   # how the floor's two real subsets were taken
+MIN_FLOOR = 1e-9       # below this a floor is round-off of zero (identical subsets): no ratio over it
 
 Outputs = tuple[np.ndarray, np.ndarray | None]       # features (N, D), class probabilities (N, K) or None
 
@@ -168,23 +169,22 @@ def _references_spec(names: tuple[str, ...], config: EvalConfig, split: str) -> 
 
 def _references(names: tuple[str, ...], real: np.ndarray, partner: np.ndarray | None, outputs: Outputs,
                 partner_outputs: Outputs | None, config: EvalConfig, standard: bool) -> tuple[dict[str, float], int]:
-    """({public name + _floor or _real: value}, images per floor subset) for the metrics that declare them."""
+    """({public name + _floor or _real: value}, images per floor subset) for the metrics that declare them; no
+    floors when the subsets would hold fewer than 2 images (n < 4 without a partner)."""
     refs: dict[str, float] = {}
-    floors = tuple(n for n in names if METRICS[n].floor)
     partner_feats, partner_probs = partner_outputs or (None, None)
     fa, fb = floor_pair(outputs[0], partner_feats)
     pa, pb = floor_pair(outputs[1], partner_probs)
     _, ib = floor_pair(real, partner)
+    floors = tuple(n for n in names if METRICS[n].floor) if len(fb) >= 2 else ()
     if floors:
-        values = run_metrics(floors, MetricInputs(fa, fb, ib, config, seed=FLOOR_SEED, real_probs=pa, fake_probs=pb),
-                             standard)
-        refs.update({k + FLOOR_SUFFIX: v for k, v in values.items()})
+        inputs = MetricInputs(fa, fb, ib, config, seed=FLOOR_SEED, real_probs=pa, fake_probs=pb)
+        refs.update({k + FLOOR_SUFFIX: v for k, v in run_metrics(floors, inputs, standard).items()})
     on_real = tuple(n for n in names if METRICS[n].on_real)
     if on_real:
         feats, probs = outputs
-        values = run_metrics(on_real, MetricInputs(feats, feats, real, config, seed=FLOOR_SEED, real_probs=probs,
-                                                   fake_probs=probs), standard)
-        refs.update({k + REAL_SUFFIX: v for k, v in values.items()})
+        inputs = MetricInputs(feats, feats, real, config, seed=FLOOR_SEED, real_probs=probs, fake_probs=probs)
+        refs.update({k + REAL_SUFFIX: v for k, v in run_metrics(on_real, inputs, standard).items()})
     return refs, (len(fa) if floors else 0)
 
 
@@ -192,10 +192,9 @@ def _real_side(space: _Space, real: np.ndarray, partner: np.ndarray | None, conf
                fingerprint: str | None, cache_dir: Path | None,
                standard: bool) -> tuple[cache.RealSide, Path | None, int, float]:
     """(the real side, its cache file or None, images extracted (0: read from the cache), extraction seconds)."""
-    split = DISJOINT if partner is not None and len(partner) >= len(real) else HALVES
-    partner = partner[:len(real)] if split == DISJOINT else None
     path = None
     if config.cache_real:
+        split = HALVES if partner is None else DISJOINT
         path = cache.cache_path(cache_dir or cache.default_cache_dir(), real, space.id, fingerprint,
                                 floor_images=partner, references=_references_spec(space.metrics, config, split))
         side = cache.load_real(path)
@@ -224,11 +223,28 @@ def _arrange(names: tuple[str, ...], values: dict[str, float], refs: dict[str, f
             floor = refs.get(k + FLOOR_SUFFIX)
             if floor is not None:
                 out[k + FLOOR_SUFFIX] = floor
-                if spec.floor_ratio and floor > 0:
+                if spec.floor_ratio and floor > MIN_FLOOR:
                     out[k + RATIO_SUFFIX] = values[k] / floor
             if k + REAL_SUFFIX in refs:
                 out[k + REAL_SUFFIX] = refs[k + REAL_SUFFIX]
     return out
+
+
+def _spaces(names: tuple[str, ...], ex: Extractor, domain: str | None, own: tuple[str, ...], side: int,
+            config: EvalConfig, cache_dir: Path | None, timings: dict[str, float]) -> list[_Space]:
+    """Inception for its metrics in eval.metrics, then the domain's own extractor for the domain's metrics."""
+    spaces = []
+    inception = tuple(m for m in names if METRICS[m].uses_features)
+    if inception:
+        device = resolve_device(config.device)
+        spaces.append(_Space(ex.id, inception, lambda x: (extract_features(x, ex, config.batch_size, device)[0],
+                                                          None)))
+    if domain is not None:
+        t = time.perf_counter()
+        dx = DOMAINS[domain].load(side, cache_dir)
+        timings[f"load_{domain}"] = time.perf_counter() - t
+        spaces.append(_Space(dx.id, own, dx.outputs))
+    return spaces
 
 
 def evaluate_images(fake: np.ndarray, real: np.ndarray, *, config: EvalConfig, fingerprint: str | None = None,
@@ -246,33 +262,23 @@ def evaluate_images(fake: np.ndarray, real: np.ndarray, *, config: EvalConfig, f
     config.validate()
     _check_images("fake", fake)
     _check_images("real", real)
-    if floor_real is not None and len(floor_real):
-        _check_images("floor_real", floor_real)
+    partner = floor_real[:len(real)] if floor_real is not None and len(floor_real) >= len(real) else None
+    if partner is not None:
+        _check_images("floor_real", partner)
     names = _generic_metrics(config)
-    own = domain_metrics(domain) if domain is not None else ()
+    own = domain_metrics(domain) if domain is not None else ()   # an unknown domain fails before any work
     timings: dict[str, float] = {}
     t = time.perf_counter()
     ex = load_extractor(config.inception_weights, config.allow_random_features, config.random_features_seed,
                         download=config.download_weights)
     timings["load_extractor"] = time.perf_counter() - t
-    device = resolve_device(config.device)
-
-    spaces = []
-    inception = tuple(m for m in names if METRICS[m].uses_features)
-    if inception:
-        spaces.append(_Space(ex.id, inception, lambda x: (extract_features(x, ex, config.batch_size, device)[0], None)))
-    if domain is not None:
-        t = time.perf_counter()
-        dx = DOMAINS[domain].load(real.shape[-1], cache_dir)
-        timings[f"load_{domain}"] = time.perf_counter() - t
-        spaces.append(_Space(dx.id, own, dx.outputs))
+    spaces = _spaces(names, ex, domain, own, real.shape[-1], config, cache_dir, timings)
 
     values: dict[str, float] = {}
     refs: dict[str, float] = {}
     paths, hits, floor_n, inception_images, inception_s = [], [], 0, 0, 0.0
     for space in spaces:
-        side, path, n_real, real_s = _real_side(space, real, floor_real, config, fingerprint, cache_dir,
-                                                ex.standard)
+        side, path, n_real, real_s = _real_side(space, real, partner, config, fingerprint, cache_dir, ex.standard)
         t = time.perf_counter()
         fake_feats, fake_probs = space.extract(fake)
         extract_s = real_s + time.perf_counter() - t
@@ -296,11 +302,10 @@ def evaluate_images(fake: np.ndarray, real: np.ndarray, *, config: EvalConfig, f
         timings["metrics_images"] = time.perf_counter() - t
 
     metrics = _arrange(names + own, values, refs, ex.standard)
-    ranked = directions(ex.standard)
-    split = DISJOINT if floor_real is not None and len(floor_real) >= len(real) else HALVES
     return EvalResult(metrics=metrics, extractor="+".join([ex.id] + [s.id for s in spaces if s.id != ex.id]),
                       standard_weights=ex.standard, primary_metric_name=primary_metric_name(config, ex.standard, domain),
                       feature_images_per_s=inception_images / inception_s if inception_s > 0 else 0.0,
-                      higher_is_better={k: v for k, v in ranked.items() if k in metrics},
+                      higher_is_better={k: v for k, v in directions(ex.standard).items() if k in metrics},
                       timings_s=timings, real_cache=paths[0] if paths else "", real_cache_hit=bool(hits) and all(hits),
-                      floor_n=floor_n, floor_split=split if floor_n else "", domain=domain)
+                      floor_n=floor_n, floor_split=(HALVES if partner is None else DISJOINT) if floor_n else "",
+                      domain=domain)
