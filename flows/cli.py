@@ -188,6 +188,13 @@ def require_checkout(package: str) -> None:
 STORE_SCHEMES = ("sqlite", "http", "https", "postgresql", "mysql", "mssql", "databricks", "databricks-uc")
 
 
+def seed(text: str) -> int:
+    """argparse type of --seed: an integer in [0, 2**32), the range of models.config's seeds."""
+    if not re.fullmatch(r"[0-9]{1,10}", text) or int(text) >= 2**32:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {2**32 - 1}, got {text!r}")
+    return int(text)
+
+
 def tracking_uri(text: str) -> str:
     """argparse type of --tracking-uri: a store URI MLflow accepts (checked here, not in MLflow's first call)."""
     import os

@@ -50,6 +50,7 @@ Names = Annotated[tuple[str, ...], BeforeValidator(_as_tuple)]
 Device = Literal["cpu", "cuda", "auto"]
 PositiveInt = Annotated[int, Field(ge=1)]
 Count = Annotated[int, Field(ge=0)]
+Seed = Annotated[int, Field(ge=0, lt=2**32)]    # every RNG takes it (torch's stop at 2**64, SinGAN multiplies it)
 
 
 class Section(BaseModel):
@@ -168,7 +169,7 @@ class TrainConfig(Section):
     clip_norm_d: float | None = Field(10.0, gt=0)
     ema_decay: float = Field(0.999, ge=0, lt=1)  # 0 disables the EMA generator
     ema_start: Count = 100                      # EMA copies G verbatim before this step
-    seed: Count = 0
+    seed: Seed = 0
     log_every: Count = 25
     sample_every: Count = 250
     checkpoint_every: Count = 500
@@ -261,7 +262,7 @@ class EvalConfig(Section):
     batch_size: PositiveInt = 100               # images per Inception forward pass (metrics do not depend on it)
     metrics: Names = Field(("fid", "kid", "prdc", "msssim_diversity"), min_length=1)  # names in models.metrics.METRICS
     device: Device = "cpu"                      # where Inception runs
-    random_features_seed: Count = 0             # seed of the random-weight InceptionV3 (tag inception-v3-random-seed<N>)
+    random_features_seed: Seed = 0              # seed of the random-weight InceptionV3 (tag inception-v3-random-seed<N>)
     download_weights: bool = True               # try pytorch-fid's download when the file is missing and a network answers
     cache_real: bool = True                     # reuse real-data features/stats from $TRANSSRGAN_HOME/cache/eval
     kid_subsets: PositiveInt = 100
@@ -311,7 +312,7 @@ class SinGANConfig(Section):
     lr_decay_at: float = Field(0.8, gt=0, le=1)  # the learning rate is multiplied by lr_gamma after this fraction
     lr_gamma: float = Field(0.1, gt=0, le=1)
     # Run
-    seed: Count = 0
+    seed: Seed = 0
     log_every: Count = 100                      # iterations between progress lines (0 = only a scale's end)
     threads: Count = 0                          # torch threads; 0 = leave torch's default
     device: Device = "cpu"

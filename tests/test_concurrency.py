@@ -1,6 +1,8 @@
 """Two `transsrgan train` runs started at once on one TRANSSRGAN_HOME (one SQLite MLflow store, one runs folder,
-one PREFECT_HOME with a temporary Prefect server each): both finish, or one refuses in one line; nothing is shared
-by accident."""
+one PREFECT_HOME with a temporary Prefect server each): both finish, and nothing is shared by accident.
+
+Nothing in the product refuses a second training, so a run that fails here is a collision (a shared folder, a
+store both initialise), not a refusal."""
 
 import json
 import os
@@ -46,15 +48,10 @@ def test_two_trainings_at_once(tmp_path, monkeypatch):
     codes = [p.wait(timeout=2700) for p in procs]
     print(f"two trainings at once: {time.monotonic() - started:.0f} s, exit codes {codes}")
 
-    finished = []
     for code, (out, err) in zip(codes, logs):
-        if code == 0:
-            finished.append(out.read_text())
-        else:          # a clear refusal: one line of the command's own says why (the rest is Prefect's log)
-            said = [line for line in err.read_text().splitlines() if line.startswith("transsrgan train:")]
-            assert code in (1, 2) and len(said) == 1, f"exit {code}:\n{out.read_text()[-3000:]}\n" \
-                                                      f"{err.read_text()[-3000:]}"
-    assert finished, "neither training finished"
+        said = [line for line in err.read_text().splitlines() if line.startswith("transsrgan train:")]
+        assert code == 0, f"exit {code}: {said}\n{out.read_text()[-2000:]}\n{err.read_text()[-4000:]}"
+    finished = [out.read_text() for out, _ in logs]
 
     # every finished run has its own folder: a checkpoint that loads and a run.json that parses
     from models.checkpoint import load_checkpoint

@@ -4,7 +4,7 @@ import argparse
 import json
 import sys
 
-from flows.cli import tracking_uri
+from flows.cli import seed, tracking_uri
 from flows.commands.outputs import REFUSAL, check_report, write_report
 
 
@@ -47,7 +47,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(else $TRANSSRGAN_INCEPTION_WEIGHTS, else the torch hub cache)")
     p.add_argument("--batch-size", type=_positive, metavar="B", help="eval.batch_size: images per Inception pass")
     p.add_argument("--device", choices=["cpu", "cuda", "auto"], help="eval.device (default cpu)")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="noise seed for --model (default 0)")
+    p.add_argument("--seed", type=seed, default=0, metavar="S", help="noise seed for --model (default 0)")
     p.add_argument("--tracking-uri", metavar="URI", type=tracking_uri,
                    help="MLflow store for --model (default $MLFLOW_TRACKING_URI, else the embedded SQLite store)")
     p.set_defaults(func=run)

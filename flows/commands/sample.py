@@ -6,7 +6,7 @@ Works for TransSRGAN generators and for SinGAN models (models:/singan@champion),
 import argparse
 from pathlib import Path
 
-from flows.cli import tracking_uri
+from flows.cli import seed, tracking_uri
 
 
 def _positive(value: str) -> int:
@@ -42,7 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="grid PNG to write; missing parent folders are created; an existing FILE is replaced only "
                         "when it is an earlier grid of this command, unchanged since (its folder's "
                         ".transsrgan-outputs.json); anything else stops the command with exit 2")
-    p.add_argument("--seed", type=int, default=0, metavar="S", help="noise seed (default 0)")
+    p.add_argument("--seed", type=seed, default=0, metavar="S", help="noise seed (default 0)")
     p.add_argument("--each", metavar="DIR", help="also write every image as DIR/sample_0000.png, ... (created if "
                                                  "missing); a rerun replaces only the samples an earlier run wrote "
                                                  "(DIR/.transsrgan-outputs.json), a file of those names that "
