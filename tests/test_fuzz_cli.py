@@ -75,7 +75,8 @@ VALUES = ["", "-1", "0", "99999999999999999999", "1e309", "nan", "abc", "/proc/n
 OUTPUTS = {("demo-data", "out_dir"), ("validate", "--out"), ("validate", "--json"), ("train", "--out"),
            ("evaluate", "--json"), ("sample", "--out"), ("sample", "--each"), ("bench speedup", "--json"),
            ("bench speedup", "--markdown"), ("bench quality", "--json"), ("bench quality", "--markdown"),
-           ("bench quality", "--figure"), ("bench quality", "--out"), ("chaos", "--json"),
+           ("bench quality", "--figure"), ("bench quality", "--out"), ("bench cluster", "--json"),
+           ("bench cluster", "--markdown"), ("bench cluster", "--figure"), ("chaos", "--json"),
            ("chaos", "--markdown"), ("chaos", "--keep")}
 UNWRITABLE = ("", "/proc/nope", "{below_file}")
 
@@ -92,6 +93,7 @@ def _base(command: str, flag: str, places: dict[str, str]) -> list[str]:
                    "-n", "4"],
         "bench speedup": ["--steps", "1", "--no-ddp"],
         "bench quality": ["--minutes", "0.1"],
+        "bench cluster": [],
         "serve": [],
         "chaos": [],
     }[command]
@@ -120,6 +122,7 @@ def _stubs(command: str, flag: str) -> list[Any]:
         + ([] if flag == "--model" else [mock.patch("tasks.model_io.load_model", return_value=object())]),
         "bench speedup": [mock.patch("benchmarks.speedup.bench_speedup", side_effect=_reach)],
         "bench quality": [mock.patch("flows.commands.bench_quality.bench_and_log", side_effect=_reach)],
+        "bench cluster": [mock.patch("benchmarks.cluster.bench_cluster", side_effect=_reach)],
         "serve": [mock.patch("flows.serve.serve_deployments", side_effect=_reach)],
         "chaos": [mock.patch("chaos.harness.run_chaos", side_effect=_reach)],
     }
@@ -199,6 +202,7 @@ def places(tmp_path_factory) -> dict[str, str]:
     from flows.cli import require_checkout
 
     require_checkout("benchmarks")
+    import benchmarks.cluster  # noqa: F401
     import benchmarks.speedup  # noqa: F401
     import chaos.harness  # noqa: F401
 

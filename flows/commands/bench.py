@@ -26,8 +26,8 @@ def _rate_list(text: str) -> tuple[float, ...]:
         rates = tuple(float(x) for x in text.split(",") if x.strip())
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated Gbit/s such as 1,10, got {text!r}") from None
-    if not rates or min(rates) <= 0:
-        raise argparse.ArgumentTypeError(f"expected rates > 0, got {text!r}")
+    if not rates or not all(0 < r < 1e4 for r in rates):       # also refuses nan and inf
+        raise argparse.ArgumentTypeError(f"expected rates in Gbit/s above 0 and below 10000, got {text!r}")
     return rates
 
 
