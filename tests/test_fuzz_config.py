@@ -12,6 +12,7 @@ import io
 import json
 import logging
 import math
+import os
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -27,7 +28,7 @@ from models.config import Config, Section, resolve_config
 
 FAST = settings(derandomize=True, database=None, deadline=None, max_examples=100,
                 suppress_health_check=list(HealthCheck))
-SOAK = 20
+SOAK = int(os.environ.get("TRANSSRGAN_FUZZ_SOAK", "20"))     # the slow soak runs SOAK x the default examples
 
 
 def _keys() -> list[str]:
