@@ -113,10 +113,11 @@ def format_progress(step: int, total: int, m: dict[str, float], elapsed: float) 
     return (f"step {step:>6}/{total} | loss_d {m.get('loss_d', float('nan')):+.4f} "
             f"loss_g {m.get('loss_g', float('nan')):+.4f} gp {m.get('gradient_penalty', float('nan')):.4f} | "
             f"{m.get('s_per_iter', 0):.3f} s/it {m.get('images_per_s', 0):.0f} img/s | "
-            f"elapsed {_hms(elapsed)} ETA {_hms(eta)}")
+            f"elapsed {hms(elapsed)} ETA {hms(eta)}")
 
 
-def _hms(seconds: float) -> str:
+def hms(seconds: float) -> str:
+    """'1h02m03s' or '2m03s': durations in progress lines."""
     m, s = divmod(int(seconds), 60)
     h, m = divmod(m, 60)
     return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"

@@ -25,6 +25,20 @@ def _isolated_home(tmp_path_factory):
 
 
 @pytest.fixture
+def no_weights(tmp_path, monkeypatch):
+    """An empty torch hub cache and no weights env var: the test sees a machine without the Inception weights."""
+    import torch
+
+    from models.metrics import inception
+
+    old = torch.hub.get_dir()
+    torch.hub.set_dir(str(tmp_path / "hub"))
+    monkeypatch.delenv(inception.ENV_VAR, raising=False)
+    yield tmp_path
+    torch.hub.set_dir(old)
+
+
+@pytest.fixture
 def tiny_config():
     from models.config import resolve_config
 

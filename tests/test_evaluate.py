@@ -23,16 +23,6 @@ FAST_METRICS = ("kid", "prdc", "msssim_diversity")   # FID's 2048x2048 sqrtm alo
 
 
 @pytest.fixture
-def no_weights(tmp_path, monkeypatch):
-    """An empty torch hub cache and no env var (the same fixture as in test_metrics.py)."""
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    monkeypatch.delenv(inc.ENV_VAR, raising=False)
-    yield tmp_path
-    torch.hub.set_dir(old)
-
-
-@pytest.fixture
 def small_extractor(no_weights, monkeypatch):
     """A 256-d seeded random conv net standing in for InceptionV3 inside evaluate_images."""
     import models.metrics.evaluate as ev

@@ -185,16 +185,6 @@ def test_pictures(tmp_path):
 
 # ------------------------------------------------------------------ weights policy
 
-@pytest.fixture
-def no_weights(tmp_path, monkeypatch):
-    """An empty torch hub cache and no env var: this test sees a machine without the weights file."""
-    old = torch.hub.get_dir()
-    torch.hub.set_dir(str(tmp_path / "hub"))
-    monkeypatch.delenv(inc.ENV_VAR, raising=False)
-    yield tmp_path
-    torch.hub.set_dir(old)
-
-
 def test_missing_weights_without_fallback_is_a_clear_error(no_weights):
     with pytest.raises(InceptionWeightsError) as err:
         inc.load_extractor("", allow_random=False, download=False)

@@ -14,6 +14,7 @@ from models.singan.networks import build_scale, freeze
 from models.singan.pyramid import resize
 from models.singan.sampling import run_pyramid
 from models.singan.state import SinGANState, draw_noise, init_state, rec_noise
+from models.trainer import hms
 
 METRIC_NAMES = ("loss_d", "loss_g", "loss_rec", "gradient_penalty", "grad_norm_d", "grad_norm_g", "s_per_iter")
 
@@ -58,13 +59,7 @@ def format_progress(state: SinGANState, n: int, it: int, m: dict[str, float], et
     return (f"scale {n + 1}/{state.num_scales} ({h}x{w}, {cfg.channels_at(n)} ch) iter {it:>5}/{cfg.iters_per_scale}"
             f" | loss_d {m['loss_d']:+.4f} loss_g {m['loss_g']:+.4f} rec {m['loss_rec']:.4f} "
             f"gp {m['gradient_penalty']:.4f} | {m['s_per_iter']:.3f} s/it | "
-            f"scale ETA {_hms(eta_scale)} total ETA ~{_hms(eta_total)}")
-
-
-def _hms(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s"
+            f"scale ETA {hms(eta_scale)} total ETA ~{hms(eta_total)}")
 
 
 def train_scale(state: SinGANState, *, on_log: Callback | None = None, should_stop: Callable[[], bool] | None = None,
@@ -173,8 +168,8 @@ def fit(cfg: SinGANConfig, *, state: SinGANState | None = None, on_log: Callback
             break
         metrics = {**metrics, "scale_seconds": time.perf_counter() - t_scale}
         if print_fn:
-            print_fn(f"scale {n + 1}/{state.num_scales} done in {_hms(metrics['scale_seconds'])}: "
-                     f"noise_amp {state.noise_amps[-1]:.4f}, elapsed {_hms(time.perf_counter() - t0)}")
+            print_fn(f"scale {n + 1}/{state.num_scales} done in {hms(metrics['scale_seconds'])}: "
+                     f"noise_amp {state.noise_amps[-1]:.4f}, elapsed {hms(time.perf_counter() - t0)}")
         if on_scale_end:
             on_scale_end(state, metrics)
     return state
