@@ -8,7 +8,6 @@ Each field says which config key it sets (`config=`) and, where it differs from 
 import functools
 import inspect
 from collections.abc import Callable
-from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -26,6 +25,7 @@ from pydantic import (
 )
 
 from models.config import DEFAULT_SINGAN_IMAGE, GAN_ARCHS, SKIMAGE_PREFIX, Config, ConfigError, resolve_config
+from models.paths import user_path
 
 EMBEDDED = ("digits",)
 
@@ -34,7 +34,7 @@ def _existing_data(value: str | None) -> str | None:
     """'digits', an existing folder of images, or a gate's manifest.parquet."""
     if value is None or value in EMBEDDED:
         return value
-    path = Path(value).expanduser()
+    path = user_path(value)
     if not value or not path.exists():
         raise ValueError(f"does not exist: {value!r} (expected 'digits', a folder of images or a manifest.parquet)")
     if not (path.is_dir() or (path.is_file() and path.suffix == ".parquet")):
@@ -47,7 +47,7 @@ def _image_source(value: str) -> str:
     """'skimage:NAME' of a bundled photo, or an existing image file."""
     if value.startswith(SKIMAGE_PREFIX):
         return value                      # the name is checked where the bundled photos are known (models.singan)
-    path = Path(value).expanduser()
+    path = user_path(value)
     if not value or not path.exists():
         raise ValueError(f"image file does not exist: {value!r} (expected an image file or 'skimage:NAME')")
     if not path.is_file():
@@ -56,14 +56,14 @@ def _image_source(value: str) -> str:
 
 
 def _existing_file(value: str | None) -> str | None:
-    if value is not None and not Path(value).expanduser().is_file():
+    if value is not None and not user_path(value).is_file():
         raise ValueError(f"file not found: {value!r} (expected a JSON or TOML file)")
     return value
 
 
 def _resumable(value: str | None) -> str | None:
     """'latest', or an existing run folder or checkpoint file; what it holds is read by the flow's resume task."""
-    if value is not None and value != "latest" and not (value and Path(value).expanduser().exists()):
+    if value is not None and value != "latest" and not (value and user_path(value).exists()):
         raise ValueError(f"not found: {value!r} (expected 'latest', a run folder or a checkpoint file)")
     return value
 
@@ -72,7 +72,7 @@ def _output_dir(value: str | None) -> str | None:
     """A folder that exists or can be made: not empty, not a file, not below a file."""
     if value is None:
         return value
-    path = Path(value).expanduser()
+    path = user_path(value)
     if not value or (path.exists() and not path.is_dir()):
         raise ValueError(f"not a folder: {value!r} (expected an output folder, created if missing)")
     parent = next((p for p in path.parents if p.exists()), None)

@@ -23,6 +23,8 @@ from pydantic import (
     model_validator,
 )
 
+from models.paths import user_path
+
 ARCHS = ("transsrgan", "dcgan", "singan")
 GAN_ARCHS = ("transsrgan", "dcgan")
 RESOLUTIONS = (16, 32, 64, 128)
@@ -591,7 +593,7 @@ def nest(flat: dict[str, Any]) -> dict[str, Any]:
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """A JSON or TOML file of config sections; ConfigError names the file when it is missing or malformed."""
-    path = Path(path).expanduser()
+    path = user_path(path)
     if not path.is_file():
         raise ConfigError(f"--config: file not found: {path} (expected a JSON or TOML file)")
     try:

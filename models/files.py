@@ -10,6 +10,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from models.paths import user_path
+
 
 def _file_mode() -> int:
     mask = os.umask(0)                   # the only way to read the umask; set back at once (module import)
@@ -130,7 +132,7 @@ class OutputFolder:
     """
 
     def __init__(self, path: str | Path, command: str, *, replace: bool = True, create: bool = True):
-        self.path = Path(path).expanduser().absolute()
+        self.path = user_path(path).absolute()
         self.command, self.replace = command, replace
         if create:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -266,7 +268,7 @@ def check_output(path: str | Path, command: str) -> Path:
     Meant before a long computation, so a refused report costs nothing; NotADirectoryError when a folder on the
     way is a file.
     """
-    path = Path(path).expanduser().absolute()
+    path = user_path(path).absolute()
     for above in path.parents:
         if above.exists():
             if not above.is_dir():
@@ -278,6 +280,6 @@ def check_output(path: str | Path, command: str) -> Path:
 
 def write_output(path: str | Path, data: bytes | str, command: str) -> Path:
     """Write one file (a --json or --markdown report) under the output-folder rule; returns its path."""
-    path = Path(path).expanduser().absolute()
+    path = user_path(path).absolute()
     with OutputFolder(path.parent, command, replace=False) as folder:
         return folder.write(path.name, data)

@@ -1,4 +1,5 @@
-"""Where the project keeps its local state: TRANSSRGAN_HOME, default ./transsrgan-data in the working directory."""
+"""Where the project keeps its local state (TRANSSRGAN_HOME, default ./transsrgan-data in the working directory), and
+how a path a user gives is read."""
 
 import os
 from pathlib import Path
@@ -9,3 +10,9 @@ def data_home() -> Path:
     home = Path(os.environ.get("TRANSSRGAN_HOME", "transsrgan-data")).expanduser().resolve()
     home.mkdir(parents=True, exist_ok=True)
     return home
+
+
+def user_path(value: str | Path) -> Path:
+    """A path as given, with ~ and ~user expanded where that user exists; otherwise left as written (pathlib's
+    expanduser raises RuntimeError for an unknown user, which a command would show as a traceback)."""
+    return Path(os.path.expanduser(value))

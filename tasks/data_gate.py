@@ -29,7 +29,7 @@ from great_expectations.data_context.types.base import ProgressBarsConfig  # noq
 from models.config import DataConfig  # noqa: E402
 from models.data.manifest import Entry, build_manifest, duplicates, fingerprint  # noqa: E402
 from models.files import OutputFolder, atomic_path, exclusive, write_atomic  # noqa: E402
-from models.paths import data_home  # noqa: E402
+from models.paths import data_home, user_path  # noqa: E402
 
 MANIFEST = "manifest.parquet"
 QUARANTINE = "quarantine.csv"
@@ -261,7 +261,7 @@ def check_out_dir(root: Path, out_dir: Path) -> None:
 
     A folder inside the data root is fine (the scan skips it); a manifest source must not be replaced by its check.
     """
-    root, out = Path(root).resolve(), Path(out_dir).expanduser().resolve()
+    root, out = Path(root).resolve(), user_path(out_dir).resolve()
     if root.is_file():
         if out / MANIFEST == root:
             raise ValueError(f"{out_dir} holds the manifest being checked ({root}), which the gate's own "
@@ -321,12 +321,12 @@ def run_data_gate(source: str, out_dir: Path, data: DataConfig, resolution: int)
     ValueError when `out_dir` is, or holds, the data; ForeignFileError when an output path holds a file the project
     did not write; OSError when `out_dir` cannot be created.
     """
-    root = materialise_digits(resolution) if source == "digits" else Path(source).expanduser().resolve()
+    root = materialise_digits(resolution) if source == "digits" else user_path(source).resolve()
     if not root.exists():
         raise FileNotFoundError(f"data.source: path does not exist: {root}")
     from_manifest = root.is_file() and root.suffix == ".parquet"
     check_out_dir(root, out_dir)
-    out_dir = Path(out_dir).expanduser().resolve()
+    out_dir = user_path(out_dir).resolve()
     with OutputFolder(out_dir, GATE) as folder:
         folder.check(MANIFEST, QUARANTINE, VALIDATION)           # refuse before the (long) scan, not after it
         inside = not from_manifest and root in out_dir.parents

@@ -21,7 +21,7 @@ from models.metrics import EvalResult, evaluate_images
 from models.metrics.evaluate import real_subset, real_subsets
 from models.metrics.plots import save_real_vs_fake
 from models.metrics.sifid import sifid, sifid_extractor, sifid_metric_name
-from models.paths import data_home
+from models.paths import data_home, user_path
 from models.singan import SinGANState, diversity, reconstruct, reconstruction_rmse
 from models.singan import sample as singan_sample
 from tasks.tags import SAMPLES_DIR, TAG_EXTRACTOR
@@ -77,7 +77,7 @@ def read_images(side: str, source: str, need: int = 2, resolution: int | None = 
     resolution / channels default to the first image's; ValueError names `source` when fewer than `need` images
     remain, or when it is none of the three.
     """
-    path = Path(source).expanduser()
+    path = user_path(source)
     if source == "digits":
         images = load_dataset(source, resolution or 32, channels or 1, limit).images
     elif path.suffix == ".parquet" and path.is_file():
@@ -120,7 +120,7 @@ def data_domain(source: str) -> str | None:
     `transsrgan.source` of its manifest; else None. The domain's own metrics (models.metrics.digits) then run."""
     if source == "digits":
         return "digits"
-    path = Path(source).expanduser()
+    path = user_path(source)
     if path.suffix == ".parquet" and path.is_file():
         try:
             meta = pq.read_schema(path).metadata or {}

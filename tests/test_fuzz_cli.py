@@ -70,7 +70,8 @@ def _places(root: Path) -> dict[str, str]:
     return {"images": str(root / "images"), "below_file": str(root / "regular" / "x"), "json": str(root / "c.json")}
 
 
-VALUES = ["", "-1", "0", "99999999999999999999", "1e309", "nan", "abc", "/proc/nope", "a/../../b", "{below_file}"]
+VALUES = ["", "-1", "0", "99999999999999999999", "1e309", "nan", "abc", "/proc/nope", "a/../../b", "{below_file}", ".",
+          "~nobody/x"]
 # Flags that name something the command writes: a value that cannot be written must stop it before its long part.
 OUTPUTS = {("demo-data", "out_dir"), ("validate", "--out"), ("validate", "--json"), ("train", "--out"),
            ("evaluate", "--json"), ("sample", "--out"), ("sample", "--each"), ("bench speedup", "--json"),
@@ -179,7 +180,7 @@ def _values(action: argparse.Action, every: bool) -> list[str | None]:
         return ["", "abc"]
     if action.type is not None:                  # a number (or a parsed list)
         return ["", "-1", "0", "99999999999999999999", "1e309", "nan", "abc"]
-    return ["", "-1", "abc", "/proc/nope", "a/../../b", "{below_file}"]
+    return ["", "-1", "abc", "/proc/nope", "a/../../b", "{below_file}", ".", "~nobody/x"]
 
 
 def _cases(every: bool) -> list[Any]:

@@ -81,7 +81,7 @@ def _near(value: Any) -> list[Any]:
     if isinstance(value, float):
         return [value, value * 2, value / 2, -value, 0.0, 1.0, 1, math.nextafter(value, 0.0), str(value)]
     if isinstance(value, str):
-        return [value, value + "x", value.upper(), "", str(PLACES), str(PLACES / "conftest.py"), NOWHERE,
+        return [value, value + "x", value.upper(), "", str(PLACES), str(PLACES / "conftest.py"), NOWHERE, "~nobody/x",
                 "skimage:astronaut", "skimage:nope", "transsrgan", "dcgan", "singan", "cuda", "bfloat16", "2g"]
     if isinstance(value, (list, tuple)):
         items = list(value)

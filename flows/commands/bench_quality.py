@@ -12,6 +12,7 @@ from pathlib import Path
 
 from flows.cli import tracking_uri
 from flows.commands.outputs import REFUSAL, check_report, check_writable
+from models.paths import user_path
 
 EXPERIMENT = "transsrgan-bench"   # kept apart from `transsrgan`, whose runs are registry candidates
 COMMAND = "bench quality"         # what the output folders' ledgers record for these reports
@@ -98,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
     from flows.errors import UsageError
     from models.config import ConfigError
 
-    if args.data != "digits" and not Path(args.data).expanduser().is_dir():
+    if args.data != "digits" and not user_path(args.data).is_dir():
         raise UsageError(f"--data: expected 'digits' or an existing folder of images, got {args.data!r}")
     from flows.cli import require_checkout
 

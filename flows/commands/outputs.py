@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from flows.errors import UsageError
+from models.paths import user_path
 
 REFUSAL = ("an existing FILE is replaced only when it is this command's earlier output (unchanged since); "
            "anything else stops the command with exit 2")
@@ -23,7 +24,7 @@ def check_writable(path: str | Path | None, flag: str, *, folder: bool = False) 
         return
     if not str(path).strip():
         raise UsageError(f"{flag}: expected a path, got {str(path)!r}")
-    target = Path(path).expanduser().absolute()
+    target = user_path(path).absolute()
     if target.exists() and target.is_dir() != folder:
         raise UsageError(f"{flag}: {path} is {'not a folder' if folder else 'a folder, not a file'}")
     above = next(p for p in (target if folder else target.parent, *target.parents) if p.exists())
@@ -67,7 +68,7 @@ def check_folder(path: str | Path, names: list[str], flag: str, command: str) ->
     from models.files import ForeignFileError, OutputFolder
 
     check_writable(path, flag, folder=True)
-    folder = Path(path).expanduser()
+    folder = user_path(path)
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{flag} {path}: exists and is not a folder")
     try:

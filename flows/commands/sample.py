@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from flows.cli import seed, tracking_uri
+from models.paths import user_path
 
 
 def _positive(value: str) -> int:
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.out.lower().endswith(".png"):
         raise UsageError(f"--out {args.out!r}: expected a .png file")
-    out = Path(args.out).expanduser().absolute()
+    out = user_path(args.out).absolute()
     check_report(str(out), "--out", GRID)         # refuse a user's file before loading a model
     if args.each is not None:
         from flows.commands.outputs import check_folder

@@ -27,13 +27,17 @@ def run(args: argparse.Namespace) -> int:
     from flows.commands.outputs import check_writable
 
     check_writable(params.out_dir, "--out", folder=True)
-    if args.dry_run:
-        if getattr(params, "resume", None):
-            from tasks.runs import resume_point
+    point = None
+    if getattr(params, "resume", None):
+        from flows.errors import UsageError
+        from tasks.runs import ResumeError, resume_point
 
-            config = resume_point(params.resume).config
-        else:
-            config = params.to_config()
+        try:                        # before any server starts: a folder without a checkpoint is bad usage
+            point = resume_point(params.resume)
+        except ResumeError as exc:
+            raise UsageError(str(exc)) from None
+    if args.dry_run:
+        config = point.config if point else params.to_config()
         print(config.to_json(config.sections()))
         return 0
     from flows.prefect_api import prefect_api

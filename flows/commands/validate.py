@@ -8,6 +8,7 @@ import argparse
 from pathlib import Path
 
 from flows.commands.outputs import REFUSAL, check_report, check_writable, write_report
+from models.paths import user_path
 
 COMMAND = "validate"
 
@@ -90,14 +91,14 @@ def _check_paths(args: argparse.Namespace, resolution: int) -> Path:
     if args.path == "digits":
         root = materialise_digits(resolution)
     else:
-        root = Path(args.path).expanduser()
+        root = user_path(args.path)
         if not root.exists():
             raise UsageError(f"PATH does not exist: {args.path} (expected an image folder or 'digits')")
         if not (root.is_dir() or root.suffix == ".parquet"):
             raise UsageError(f"PATH is not a folder: {args.path} (expected an image folder, 'digits' or a "
                              "manifest.parquet)")
     check_writable(args.out, "--out", folder=True)
-    out = Path(args.out).expanduser()
+    out = user_path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out: not a folder: {args.out}")
     try:

@@ -13,6 +13,7 @@ from pytorch_fid import inception as pfid
 from torch import nn
 
 from models.files import sha256_file
+from models.paths import user_path
 
 WEIGHTS_URL = pfid.FID_WEIGHTS_URL
 WEIGHTS_FILENAME = WEIGHTS_URL.rsplit("/", 1)[-1]          # pt_inception-2015-12-05-6726825d.pth
@@ -86,7 +87,7 @@ def find_weights(explicit: str = "", download: bool = True) -> Path | None:
     """eval.inception_weights, then $TRANSSRGAN_INCEPTION_WEIGHTS, then the torch hub cache, then a download."""
     for origin, value in (("eval.inception_weights", explicit), (ENV_VAR, os.environ.get(ENV_VAR, ""))):
         if value:
-            path = Path(value).expanduser()
+            path = user_path(value)
             if not path.is_file():
                 raise InceptionWeightsError(f"{origin}: file not found: {path}. {missing_message()}")
             return verify_weights(path)
