@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 import pytest
 from fuzz_images import MUTATORS, make_corpus, snapshot
 from fuzz_images import entries as corpus_entries
-from test_evaluate import no_weights, small_extractor  # noqa: F401 - fixtures
+from test_evaluate import small_extractor  # noqa: F401 - a fixture (no_weights is in conftest.py)
 
 from models.config import DataConfig
 from models.data.folder import read_folder
