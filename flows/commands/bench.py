@@ -96,14 +96,18 @@ def run_speedup(args: argparse.Namespace) -> int:
 
     result = bench_speedup(args.preset, args.workers, args.steps, args.warmup, args.spark_master,
                            args.threads_per_worker, ddp=not args.no_ddp)
-    table = markdown(result)
-    print(table)
-    if args.json:
-        write_report(args.json, json.dumps(result, indent=2), "--json", "bench speedup")
-    if args.markdown:
-        write_report(args.markdown, table, "--markdown", "bench speedup")
+    _report(result, markdown(result), args, "bench speedup")
     _log_mlflow(result)
     return 0
+
+
+def _report(result: dict, table: str, args: argparse.Namespace, command: str) -> None:
+    """Print the Markdown table; write it and the JSON where --markdown / --json ask (never over a user's file)."""
+    print(table)
+    if args.json:
+        write_report(args.json, json.dumps(result, indent=2), "--json", command)
+    if args.markdown:
+        write_report(args.markdown, table, "--markdown", command)
 
 
 def run_cluster(args: argparse.Namespace) -> int:
@@ -122,12 +126,7 @@ def run_cluster(args: argparse.Namespace) -> int:
     from benchmarks.cluster import bench_cluster, figure, markdown
 
     result = bench_cluster(args.preset, args.workers, args.gbit, args.modes, args.warmup, args.steps)
-    table = markdown(result)
-    print(table)
-    if args.json:
-        write_report(args.json, json.dumps(result, indent=2), "--json", "bench cluster")
-    if args.markdown:
-        write_report(args.markdown, table, "--markdown", "bench cluster")
+    _report(result, markdown(result), args, "bench cluster")
     if args.figure:
         figure(result, args.figure)
     return 0
