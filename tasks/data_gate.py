@@ -27,6 +27,7 @@ import pyarrow.parquet as pq  # noqa: E402
 from great_expectations.data_context.types.base import ProgressBarsConfig  # noqa: E402
 
 from models.config import DataConfig  # noqa: E402
+from models.data.gate_report import THUMBS, ReportFile, render_gate_report  # noqa: E402
 from models.data.manifest import Entry, build_manifest, duplicates, fingerprint  # noqa: E402
 from models.files import OutputFolder, atomic_path, exclusive, write_atomic  # noqa: E402
 from models.paths import data_home, user_path  # noqa: E402
@@ -35,6 +36,7 @@ MANIFEST = "manifest.parquet"
 QUARANTINE = "quarantine.csv"
 VALIDATION = "validation.json"
 DATA_DOCS = "data_docs"
+SUMMARY = "summary.html"   # the self-contained page beside the Data Docs (they need a CDN)
 GATE = "data-gate"   # the command name the output folder's ledger records
 DIGITS_SIDE = 32  # the embedded digits are 28x28 padded to 32x32
 
@@ -75,6 +77,7 @@ class GateResult:
     n_duplicates: int = 0        # extra copies of a trained image (quarantined as `duplicate`, not counted as bad)
     excluded: str = ""           # the output folder, when it lies inside the data root (not scanned)
     left_alone: list[str] = field(default_factory=list)  # the user's files beside the outputs, never touched
+    summary_html: str = ""       # the offline summary page (works without network, unlike the Data Docs)
 
     @property
     def n_bad(self) -> int:
@@ -312,11 +315,27 @@ def _place_docs(folder: OutputFolder, rendered: Path) -> None:
         folder.copy(rel, src, fsync=False)      # a page is re-rendered by the next run; no need to wait for disk
 
 
+def _summary_page(result: GateResult, df: pd.DataFrame, reasons: dict[str, str], data: DataConfig) -> str:
+    """The offline summary (models.data.gate_report): thumbnails only of files the gate decoded itself."""
+    rows = df.set_index("relpath")
+    decoded = rows["decodes"].eq(True) & rows["scan_error"].isna()
+    quarantined = [ReportFile(rel, rows.at[rel, "path"], reason, bool(decoded[rel])) for rel, reason in reasons.items()]
+    valid = df[df["valid"] == 1]
+    spread = valid.iloc[::max(1, len(valid) // THUMBS)]          # from across the dataset, not its first folder
+    accepted = [ReportFile(r.relpath, r.path, "", True) for r in spread.itertuples()]
+    counts = [("files", result.n_files), ("valid (train)", result.n_valid), ("quarantined", result.n_quarantined),
+              ("bad", result.n_bad), ("duplicate copies", result.n_duplicates)]
+    return render_gate_report(source=result.source, passed=result.passed, counts=counts,
+                              failed=result.failed_expectations, checks=result.checks, quarantined=quarantined,
+                              accepted=accepted, fingerprint=result.fingerprint, max_pixels=data.max_pixels,
+                              data_docs_href=f"{DATA_DOCS}/index.html")
+
+
 def run_data_gate(source: str, out_dir: Path, data: DataConfig, resolution: int) -> GateResult:
     """Validate `source` ('digits', an image folder or a gate's manifest.parquet); write the gate's outputs.
 
-    Writes manifest, quarantine, validation JSON and Data Docs into `out_dir`, replacing only the gate's own
-    earlier files there (models.files.OutputFolder). Raises DataGateError when a dataset-level expectation fails
+    Writes manifest, quarantine, validation JSON, Data Docs and the offline summary into `out_dir`, replacing only
+    the gate's own earlier files there (models.files.OutputFolder). Raises DataGateError when a dataset-level expectation fails
     (after writing every output); FileNotFoundError / NotADirectoryError when `source` is missing or a plain file;
     ValueError when `out_dir` is, or holds, the data; ForeignFileError when an output path holds a file the project
     did not write; OSError when `out_dir` cannot be created.
@@ -328,7 +347,7 @@ def run_data_gate(source: str, out_dir: Path, data: DataConfig, resolution: int)
     check_out_dir(root, out_dir)
     out_dir = user_path(out_dir).resolve()
     with OutputFolder(out_dir, GATE) as folder:
-        folder.check(MANIFEST, QUARANTINE, VALIDATION)           # refuse before the (long) scan, not after it
+        folder.check(MANIFEST, QUARANTINE, VALIDATION, SUMMARY)  # refuse before the (long) scan, not after it
         inside = not from_manifest and root in out_dir.parents
         entries = _manifest_entries(root) if from_manifest else build_manifest(
             root, workers=data.gate_workers, max_pixels=data.max_pixels, exclude=out_dir if inside else None)
@@ -358,7 +377,9 @@ def run_data_gate(source: str, out_dir: Path, data: DataConfig, resolution: int)
         checks = [{"suite": suite, "check": r.expectation_config.meta["check"],
                    "expectation": r.expectation_config.type, "success": bool(r.success),
                    "unexpected_count": int(r.result.get("unexpected_count") or 0),
-                   "observed_value": _plain(r.result.get("observed_value"))}
+                   "observed_value": _plain(r.result.get("observed_value")),
+                   "limits": {k: _plain(v) for k, v in r.expectation_config.kwargs.items()
+                              if k not in ("column", "batch_id", "result_format") and v is not None}}
                   for suite, res in (("files", files_result), ("dataset", dataset_result)) for r in res.results]
         for c in checks:
             if c["check"] == "unique":
@@ -377,11 +398,13 @@ def run_data_gate(source: str, out_dir: Path, data: DataConfig, resolution: int)
             validation_json=str(out_dir / VALIDATION), data_docs_dir=str(out_dir / DATA_DOCS), fingerprint=fp,
             n_files=n_files, n_valid=n_valid, n_quarantined=len(reasons), passed=not failed,
             failed_expectations=failed, quarantined_by_reason=dict(sorted(by_reason.items())), checks=checks,
-            n_duplicates=n_dup, excluded=str(out_dir) if inside else "", left_alone=folder.foreign())
+            n_duplicates=n_dup, excluded=str(out_dir) if inside else "", left_alone=folder.foreign(),
+            summary_html=str(out_dir / SUMMARY))
         report = {"success": result.passed, "summary": asdict(result), "settings": settings,
                   "suites": {"files": files_result.to_json_dict(), "dataset": dataset_result.to_json_dict()}}
         folder.write(VALIDATION, json.dumps(report, indent=2, default=str))
+        folder.write(SUMMARY, _summary_page(result, df, reasons, data))
     if failed:
         raise DataGateError(f"data gate failed for {root}: {'; '.join(failed)} "
-                            f"(see {quarantine_path} and {out_dir / DATA_DOCS / 'index.html'})", result)
+                            f"(see {quarantine_path} and {out_dir / SUMMARY})", result)
     return result

@@ -157,8 +157,9 @@ def _run_folder(out_dir: str | None, default_name: str) -> Path:
 
 
 def log_gate_reports(gate: GateResult) -> None:
-    """The data gate's reports (validation.json, quarantine.csv, data_docs/) under validation/ of the active run."""
-    for report in (gate.validation_json, gate.quarantine_path):
+    """The data gate's reports (validation.json, quarantine.csv, summary.html, data_docs/) under validation/ of the
+    active run; summary.html is the page that reads offline (MLflow's artifact view shows it)."""
+    for report in (gate.validation_json, gate.quarantine_path, gate.summary_html):
         if report and Path(report).is_file():
             mlflow.log_artifact(report, VALIDATION_DIR)
     if gate.data_docs_dir and Path(gate.data_docs_dir).is_dir():

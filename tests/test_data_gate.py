@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -106,6 +107,35 @@ def test_data_docs_are_written(gate):
     assert "data_gate.files" in text and "data_gate.dataset" in text
 
 
+def _quarantine_rows(page: str) -> dict[str, tuple[int, str]]:
+    """reason code -> (count, the row's HTML) from the summary's quarantine table."""
+    table = page.split("<h2>Quarantine by reason</h2>", 1)[1].split("<h2>", 1)[0]
+    rows = re.findall(r'<tr><td class="mono">([^<]+)</td><td>(\d+)</td>(.*?)</tr>', table, re.S)
+    return {code: (int(n), rest) for code, n, rest in rows}
+
+
+def test_offline_summary_is_self_contained_and_lists_quarantine_and_expectations(gate):
+    page = Path(gate.summary_html).read_text(encoding="utf-8")
+    assert Path(gate.summary_html).parent == Path(gate.data_docs_dir).parent     # beside the Data Docs
+    assert not re.search(r"https?://", page), "the summary must not load anything from the network"
+    assert re.findall(r'\b(?:src|href)="(?!data:image/png;base64,)([^"]*)"', page) == ["data_docs/index.html"]
+    assert "<script" not in page and "@import" not in page and "url(" not in page
+    rows = _quarantine_rows(page)
+    assert {code: n for code, (n, _) in rows.items()} == gate.quarantined_by_reason
+    assert "bad/bomb.png" in rows["too-large"][1] and "20000x20000" in rows["too-large"][1]
+    assert "zz_dup.png" in rows["duplicate"][1] and "good/rgb_00.png" in rows["duplicate"][1]
+    expectations = page.split("<h2>Expectations</h2>", 1)[1].split("<h2>", 1)[0]
+    for c in gate.checks:
+        assert f'<td class="mono">{c["check"]}</td><td class="mono">{c["expectation"]}</td>' in expectations
+    observed = {c["check"]: c["observed_value"] for c in gate.checks if c["suite"] == "dataset"}
+    assert f"<td>{observed['min_images']}</td><td><span class=\"pass\">passed</span>" in expectations
+    # thumbnails: decoded files only; the decompression bomb and the links are never opened
+    quarantined = page.split("<h2>Quarantined images</h2>", 1)[1].split("<h2>", 1)[0]
+    accepted = page.split("<h2>Accepted images</h2>", 1)[1]
+    assert quarantined.count("data:image/png;base64,") >= 3 and accepted.count("data:image/png;base64,") >= 3
+    assert "bad/bomb.png" not in quarantined or "not decoded" in quarantined
+
+
 def test_dataset_failure_names_expectations_and_counts(bad_root, gate, tmp_path):
     strict = LENIENT.model_copy(update={"max_bad_fraction": 0.2, "min_images": 100})
     with pytest.raises(DataGateError) as info:
@@ -118,6 +148,7 @@ def test_dataset_failure_names_expectations_and_counts(bad_root, gate, tmp_path)
     assert not res.passed and len(res.failed_expectations) == 2
     assert res.fingerprint == gate.fingerprint                    # same valid files, same settings
     assert Path(res.manifest_path).is_file() and Path(res.validation_json).is_file()
+    assert str(Path(res.summary_html)) in msg and "FAILED" in Path(res.summary_html).read_text()
 
 
 def test_empty_folder_fails_the_dataset(tmp_path):

@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("validate", help="run the data gate (Great Expectations) over an image folder",
                        description="Validate an image folder (recursive), 'digits', or a manifest.parquet an earlier "
                                    "run wrote, with the data gate. Writes DIR/manifest.parquet, DIR/quarantine.csv "
-                                   "(path, reason), DIR/validation.json and DIR/data_docs/ (HTML). Input files are "
+                                   "(path, reason), DIR/validation.json, DIR/summary.html (a self-contained page that "
+                                   "reads offline) and DIR/data_docs/ (GX Data Docs). Input files are "
                                    "never modified. DIR may hold other files: a rerun replaces only the gate's own "
                                    "earlier outputs (listed in DIR/.transsrgan-outputs.json), leaves the rest alone "
                                    "and says so; a file the gate would have to replace but did not write stops it "
@@ -71,7 +72,8 @@ def summary_table(result) -> str:
         rows.append((f"expect {c['suite']}: {c['check']}", status))
     rows += [("dataset", "PASSED" if result.passed else "FAILED"), ("fingerprint", result.fingerprint),
              ("manifest", result.manifest_path), ("quarantine", result.quarantine_path),
-             ("validation", result.validation_json), ("data docs", str(Path(result.data_docs_dir) / "index.html"))]
+             ("validation", result.validation_json), ("summary", f"{result.summary_html} (open this one; offline)"),
+             ("data docs", f"{Path(result.data_docs_dir) / 'index.html'} (GX; styles and lists need network access)")]
     if result.excluded:
         rows.append(("not scanned", f"{result.excluded} (the output folder, inside PATH)"))
     if result.left_alone:
