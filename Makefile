@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
 
-.PHONY: setup java demo test test-slow test-all lint ui clean
+.PHONY: setup java postgres demo test test-slow test-all lint ui clean
 
 # One venv from pyproject.toml (torch 2.14.1 + torchvision 0.29.1, Spark, Prefect, MLflow, GX).
 setup: java $(VENV)/.installed
@@ -14,7 +14,7 @@ $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or run make PYTHON=/path/to/python3.11"; exit 2; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,team]'
 	touch $@
 
 # Spark needs Java 17+; installed with apt-get when missing (CI machines, fresh laptops with Debian/Ubuntu).
@@ -23,6 +23,15 @@ java:
 	  echo "Java not found: installing openjdk-17-jre-headless"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -q && $$SUDO apt-get install -y -q openjdk-17-jre-headless; \
+	fi
+
+# The slow suite's PostgreSQL test starts a server of its own from Debian's binaries (no system service needed);
+# installed with apt-get when missing, like Java.
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+	  echo "PostgreSQL not found: installing postgresql"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
 	fi
 
 # The main job: the train-transsrgan flow on the embedded digits (local SQLite MLflow, Prefect's local API, Spark local[*]).
@@ -34,7 +43,7 @@ test: setup
 	$(BIN)/pytest -m "not slow" -q
 
 # End-to-end and multi-process tests (minutes each).
-test-slow: setup
+test-slow: setup postgres
 	$(BIN)/pytest -m slow -q
 
 test-all: test test-slow
