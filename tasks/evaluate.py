@@ -25,6 +25,7 @@ from models.paths import data_home, user_path
 from models.singan import SinGANState, diversity, reconstruct, reconstruction_rmse
 from models.singan import sample as singan_sample
 from tasks.tags import SAMPLES_DIR, TAG_EXTRACTOR
+from tasks.tracking import EVALUATION, log_dataset
 
 GRID_SEED, GRID_N = 0, 64  # fixed noise: successive evaluations show progress on the same z
 FILE_CHECKS = DataConfig()  # folders are read with the data gate's default file checks (max_pixels, formats, modes)
@@ -114,6 +115,11 @@ def real_sets(real_source: str, n: int, resolution: int, channels: int, need: in
     return real_subsets(read_images("real", real_source, need, resolution, channels, on_read=on_read), n)
 
 
+def _is_manifest(source: str) -> bool:
+    path = user_path(source)
+    return path.suffix == ".parquet" and path.is_file()
+
+
 def data_domain(source: str) -> str | None:
     """'digits' when `source` is the embedded digits: the name, or their copy that the data gate validates
     (tasks.data_gate.materialise_digits: data_home()/datasets/digits[-<side>]) as a folder or through the
@@ -155,7 +161,8 @@ def log_evaluation(result: EvalResult, real: np.ndarray, fake: np.ndarray, *, st
 def evaluate_generator(G: nn.Module, real_source: str, eval_cfg: EvalConfig, model_cfg: ModelConfig,
                        fingerprint: str | None = None, seed: int = 0, step: int | None = None,
                        on_read: OnRead | None = None) -> EvalResult:
-    """eval_cfg.n_samples images from G (noise seed `seed`) against as many real images from real_source."""
+    """eval_cfg.n_samples images from G (noise seed `seed`) against as many real images from real_source; with an
+    active MLflow run also the metrics, pictures and (for a gate's manifest) the real subset as input dataset."""
     real, floor_real = real_sets(real_source, eval_cfg.n_samples, model_cfg.resolution, model_cfg.channels,
                                  min_images(eval_cfg), on_read)
     fake = generated_images(G, eval_cfg.n_samples, model_cfg, seed)
@@ -164,6 +171,8 @@ def evaluate_generator(G: nn.Module, real_source: str, eval_cfg: EvalConfig, mod
     if mlflow.active_run() is not None:
         grid = make_grid(to_uint8(sample(G, GRID_N, GRID_SEED, model_cfg.z_dim, model_cfg.num_classes)))
         log_evaluation(result, real, fake, step=step, fixed_grid=grid)
+        if _is_manifest(real_source):              # the real subset as the run's `evaluation` dataset
+            log_dataset(real_source, EVALUATION, subset=len(real))
     return result
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
+from PIL import Image
 
 from models.files import write_atomic
 from models.paths import data_home
@@ -57,7 +58,7 @@ class Spool:
 class MlflowSink:
     """Sends tracking records of one run in the background: `with MlflowSink(run_id, checkpoint_dir=out) as s: ...`.
 
-    Training never waits for the tracking server. Every record (a batch of metrics, or an artifact file) is first
+    Training never waits for the tracking server. Every record (a batch of metrics, an artifact file or a step-indexed image) is first
     appended to the spool, `<checkpoint_dir>/mlflow-spool.jsonl` (the run folder, where a resumed run looks), and
     then sent by one background thread, in order. While the server is unreachable the thread retries with backoff;
     when it is back the backlog is flushed. `close()` (or leaving the `with`) waits up to `flush_timeout_s` and
@@ -112,6 +113,12 @@ class MlflowSink:
             self.last_checkpoint = path
         self._put({"run_id": self.run_id, "kind": "artifact", "path": str(path), "dir": artifact_dir})
 
+    def log_image(self, path: str | Path, key: str, step: int) -> None:
+        """A PNG on disk as MLflow's step-indexed image `key` (the UI's image slider, `images/` in the run); like
+        log_artifact, the file must stay on disk until sent."""
+        self._put({"run_id": self.run_id, "kind": "image", "path": str(Path(path).resolve()), "key": key,
+                   "step": int(step), "ts": int(time.time() * 1000)})
+
     # -- background sending ---------------------------------------------------------------------------------
     def _put(self, record: dict[str, Any]) -> None:
         with self._cv:
@@ -142,7 +149,13 @@ class MlflowSink:
             metrics = [Metric(k, v, r["ts"], r["step"]) for r in batch for k, v in r["metrics"].items()]
             if metrics:
                 self.client.log_batch(first["run_id"], metrics=metrics)
-        elif Path(first["path"]).is_file():   # a sample grid or checkpoint removed meanwhile has nothing to send
+        elif first["kind"] == "image":
+            if Path(first["path"]).is_file():  # a grid removed meanwhile has nothing to send
+                with Image.open(first["path"]) as img:
+                    img.load()
+                self.client.log_image(first["run_id"], img, key=first["key"], step=first["step"],
+                                      timestamp=first["ts"], synchronous=True)
+        elif Path(first["path"]).is_file():   # a checkpoint removed meanwhile has nothing to send
             later = [r for r in self.spool.records[self.spool.sent + 1:]
                      if r["kind"] == "artifact" and r["path"] == first["path"]]
             if not later:                      # a checkpoint overwritten later is uploaded once, at its last record

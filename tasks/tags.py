@@ -55,5 +55,6 @@ CHAMPION, CHALLENGER = "champion", "challenger"
 # ---- artifact folders and files of a run ------------------------------------------------------------------
 CONFIG_ARTIFACT = "config.json"
 SAMPLES_DIR = "samples"
+SAMPLES_KEY = "samples"                    # mlflow.log_image key of the grids over training (images/ in the run)
 CHECKPOINTS_DIR = "checkpoints"
 VALIDATION_DIR = "validation"

@@ -7,6 +7,8 @@
 # `./mlruns` of whatever directory the process happened to start in.
 
 import contextlib
+import hashlib
+import json
 import os
 import re
 import subprocess
@@ -16,8 +18,13 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import mlflow
+import pyarrow as pa
+import pyarrow.parquet as pq
+from mlflow.data.meta_dataset import MetaDataset
+from mlflow.data.sources import LocalArtifactDatasetSource
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, DataType, Schema
 
 from models.config import Config
 from models.files import exclusive
@@ -220,3 +227,68 @@ def _is_configured() -> bool:
 
 def _param(value: Any) -> str:
     return "null" if value is None else str(list(value) if isinstance(value, tuple) else value)
+
+
+# ---------------------------------------------------------------- datasets (the run page's "Datasets" panel)
+
+TRAINING, EVALUATION = "training", "evaluation"      # the input contexts (MLflow's mlflow.data.context tag)
+DIGEST_CHARS = 36                                    # the longest digest an MLflow store keeps
+_ARROW_TYPES = {pa.string(): DataType.string, pa.int64(): DataType.long, pa.float64(): DataType.double,
+                pa.bool_(): DataType.boolean}
+
+
+class ManifestDataset(MetaDataset):
+    """A data gate's manifest as an MLflow dataset: only metadata (the images stay where they are), the manifest's
+    column schema, and a profile with the image count and the full fingerprint."""
+
+    def __init__(self, source: str, name: str, digest: str, schema: Schema, profile: dict[str, Any]):
+        self._profile = profile
+        super().__init__(LocalArtifactDatasetSource(source), name=name, digest=digest, schema=schema)
+
+    @property
+    def profile(self) -> dict[str, Any]:
+        return self._profile
+
+    def to_dict(self) -> dict[str, str]:
+        return super().to_dict() | {"profile": json.dumps(self._profile)}
+
+
+def manifest_dataset(manifest: str | Path, subset: int | None = None) -> ManifestDataset:
+    """The dataset a gate's manifest.parquet describes: named after the validated folder, digest = the gate's
+    fingerprint (its first DIGEST_CHARS hex digits), so the same data is the same dataset in every run.
+
+    `subset` = n describes evaluation's fixed real subset instead (models.metrics.evaluate.real_subsets: the first
+    n of a seeded permutation): `<name>-eval-<n>`, with a digest of the fingerprint and n. ValueError names a file
+    that is no manifest.
+    """
+    from models.metrics.evaluate import REAL_SUBSET_SEED
+
+    path = Path(manifest).resolve()
+    try:
+        arrow = pq.read_schema(path)
+        rows = pq.read_metadata(path).num_rows
+    except (OSError, pa.ArrowException) as exc:
+        raise ValueError(f"{manifest}: not a readable manifest.parquet ({exc})") from None
+    meta = {k.decode(): v.decode() for k, v in (arrow.metadata or {}).items() if k.startswith(b"transsrgan.")}
+    if "transsrgan.fingerprint" not in meta:
+        raise ValueError(f"{manifest}: not a manifest.parquet written by `transsrgan validate`")
+    fp, origin = meta["transsrgan.fingerprint"], meta.get("transsrgan.source", str(path))
+    schema = Schema([ColSpec(_ARROW_TYPES.get(f.type, DataType.string), f.name) for f in arrow])
+    profile: dict[str, Any] = {"num_images": rows, "fingerprint": fp, "validated_folder": origin}
+    name = Path(origin).name or "dataset"
+    if subset is None:
+        return ManifestDataset(str(path), name, fp[:DIGEST_CHARS], schema, profile)
+    n = min(int(subset), rows)
+    digest = hashlib.sha256(f"{fp}\nreal_subsets n={n} seed={REAL_SUBSET_SEED}".encode()).hexdigest()
+    profile |= {"num_images": n, "of_images": rows, "subset_seed": REAL_SUBSET_SEED}
+    return ManifestDataset(str(path), f"{name}-eval-{n}", digest[:DIGEST_CHARS], schema, profile)
+
+
+def log_dataset(manifest: str | Path, context: str, subset: int | None = None) -> ManifestDataset:
+    """mlflow.log_input of manifest_dataset(...) into the active run, with context `training` or `evaluation`.
+
+    A run links one dataset (name + digest) once: evaluation's subset has a name and digest of its own.
+    """
+    dataset = manifest_dataset(manifest, subset)
+    mlflow.log_input(dataset, context=context)
+    return dataset

@@ -41,6 +41,7 @@ from tasks.tags import (
     CHECKPOINTS_DIR,
     RUNNING,
     SAMPLES_DIR,
+    SAMPLES_KEY,
     TAG_CONFIG_HASH,
     TAG_ENGINE,
     TAG_FAILURE,
@@ -54,7 +55,7 @@ from tasks.tags import (
     VALIDATION_DIR,
     image_slug,
 )
-from tasks.tracking import configure_tracking, start_training_run
+from tasks.tracking import TRAINING, configure_tracking, log_dataset, start_training_run
 
 SINGAN_CHECKPOINT = "singan.pt"
 SINGAN_GRID_N, SINGAN_GRID_SEED = 16, 0
@@ -78,8 +79,8 @@ class TrainOutcome:
 
 class GANSink(MlflowSink):
     """The GAN trainer's callbacks over the sink: `train(..., **sink.callbacks())` logs metrics, sample grids of
-    the EMA generator and checkpoints. Checkpoints are written to checkpoint_dir first (atomically,
-    models.checkpoint.save_checkpoint) and only then queued for upload, so an outage never costs one."""
+    the EMA generator (MLflow images under key `samples`, step = the training step) and checkpoints. Checkpoints
+    are written to checkpoint_dir first (atomically, models.checkpoint.save_checkpoint) and only then queued for upload, so an outage never costs one."""
 
     def __init__(self, run_id: str, *, sample_n: int = 64, sample_seed: int = 0, keep_checkpoints: bool = False,
                  **sink: Any):
@@ -98,7 +99,7 @@ class GANSink(MlflowSink):
         images = sample(state.G_ema, self.sample_n, self.sample_seed, mc.z_dim, mc.num_classes)  # (n, C, H, W)
         png = save_png(make_grid(to_uint8(images)), self.checkpoint_dir / SAMPLES_DIR / f"step_{state.step:06d}.png",
                        scale=2)
-        self.log_artifact(png, SAMPLES_DIR)
+        self.log_image(png, SAMPLES_KEY, state.step)      # the run page's image slider, one grid per step
 
     def on_checkpoint(self, state: GANState, metrics: dict[str, float]) -> None:
         name = f"step_{state.step:06d}.pt" if self.keep_checkpoints else CHECKPOINT
@@ -108,7 +109,8 @@ class GANSink(MlflowSink):
 
 class SinGANSink(MlflowSink):
     """SinGAN's callbacks over the sink: `fit(..., **sink.callbacks())` logs metrics per global iteration and,
-    after every scale, the checkpoint (written locally first, atomically) and a grid of that scale's samples."""
+    after every scale, the checkpoint (written locally first, atomically) and a grid of that scale's samples (an
+    MLflow image under key `samples`, step = the scale)."""
 
     def callbacks(self) -> dict[str, Callable[[SinGANState, dict[str, float]], None]]:
         return {"on_log": self.on_log, "on_scale_end": self.on_scale_end}
@@ -123,7 +125,7 @@ class SinGANSink(MlflowSink):
         images = singan_sample(state, SINGAN_GRID_N, SINGAN_GRID_SEED)                       # (n, C, H, W)
         grid = save_png(make_grid(to_uint8(images)), self.checkpoint_dir / SAMPLES_DIR / f"scale_{n:02d}_{h}x{w}.png",
                         scale=2)
-        self.log_artifact(grid, SAMPLES_DIR)
+        self.log_image(grid, SAMPLES_KEY, n)              # the slider's step is the scale, coarsest = 0
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -250,6 +252,7 @@ def train_model(config: Config, gate: GateResult, decision: RetrainDecision, out
                             dataset_size=gate.n_valid, run_id=previous_run) as run:
         write_run_record(out, mlflow_run_id=run.info.run_id, data_source=source, flow_run_id=str(flow_run.id or ""),
                          dataset_fingerprint=gate.fingerprint, config_hash=decision.config_hash)
+        log_dataset(gate.manifest_path, TRAINING)
         log_gate_reports(gate)
         t0 = time.perf_counter()
         log.info(f"training {config.model.arch} ({config.preset} preset) for {total} steps with engine={engine}: "
@@ -329,7 +332,7 @@ def train_singan_model(config: Config, image: ValidatedImage, out_dir: str | Non
     Progress goes to the Prefect run logger (one line per singan.log_every iterations) and a progress artifact;
     metrics per global iteration to MLflow; after every scale the checkpoint (singan.pt) is written to out_dir
     (default $TRANSSRGAN_HOME/runs/singan-<flow run name>) and logged under checkpoints/, with a grid of that
-    scale's samples under samples/.
+    scale's samples as MLflow image `samples` (step = scale).
     """
     log = get_run_logger()
     configure_tracking()
@@ -341,6 +344,7 @@ def train_singan_model(config: Config, image: ValidatedImage, out_dir: str | Non
             TAG_PIPELINE: RUNNING, TAG_FLOW_RUN: str(flow_run.id or "")}
     with start_training_run(config, experiment=SINGAN, run_name=run_name, tags=tags,
                             dataset_fingerprint=image.gate.fingerprint, dataset_size=image.gate.n_valid) as run:
+        log_dataset(image.gate.manifest_path, TRAINING)
         log_gate_reports(image.gate)
         t0 = time.perf_counter()
         log.info(f"training SinGAN ({config.preset} preset) on {image.source}; MLflow run {run.info.run_id}")

@@ -1,5 +1,6 @@
 """MLflow tracking against a real SQLite store: what a tiny run logs, the model round trip, `transsrgan sample`."""
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -58,6 +59,13 @@ def tiny_run(store, tmp_path_factory):
         mlflow.set_system_metrics_sampling_interval(None)
         mlflow.set_system_metrics_samples_before_logging(None)
     return run.info.run_id, cfg, state
+
+
+def image_steps(client, run_id: str, key: str = "samples") -> list[int]:
+    """Steps of the full-size images that mlflow.log_image(key=key, step=...) wrote under images/."""
+    names = [Path(a.path).name for a in client.list_artifacts(run_id, "images")]
+    full = [n.split("+") for n in names if n.endswith(".png")]       # key+step+N+timestamp+T+uuid.png
+    return sorted(int(p[2]) for p in full if p[0] == key and p[1] == "step")
 
 
 def _wait_for_system_metrics(run_id: str, limit_s: float = 120.0) -> None:
@@ -131,9 +139,9 @@ def test_tiny_run_logs_params_tags_metrics_and_artifacts(tiny_run):
     assert run.data.metrics["speedup_vs_1_worker"] == 1.5 and run.data.metrics["efficiency"] == 0.75
     assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)
     arts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"samples", "checkpoints", "config.json"} <= arts
-    assert [a.path for a in client.list_artifacts(run_id, "samples")] == ["samples/step_000002.png",
-                                                                        "samples/step_000004.png"]
+    assert {"images", "checkpoints", "config.json"} <= arts
+    assert image_steps(client, run_id) == [2, 4]          # the grids, as MLflow's step-indexed image `samples`
+    assert run.data.tags["mlflow.loggedImages"] == "True"
     assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/checkpoint.pt"]
     assert run.info.status == "FINISHED"
 
@@ -304,3 +312,58 @@ def test_server_launcher_defaults_and_redaction(tmp_path):
     assert "postgresql://mlflow:***@db:5432/mlflow" in out and "hunter2" not in out and "--port 5123" in out
     bad = subprocess.run(["bash", "mlflow/start-server.sh", "--nope"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert bad.returncode == 2 and "--nope" in bad.stderr
+
+
+@pytest.fixture(scope="module")
+def gated(tmp_path_factory):
+    """A data gate's manifest.parquet over 24 digit PNGs."""
+    from test_flow import write_digits  # tests/ is on sys.path (pytest rootdir conftest)
+
+    from models.config import DataConfig
+    from tasks.data_gate import run_data_gate
+
+    folder = write_digits(tmp_path_factory.mktemp("data") / "mnist16", 24)
+    gate = run_data_gate(str(folder), tmp_path_factory.mktemp("gate"), DataConfig(min_images=5, gate_workers=1), 16)
+    return gate
+
+
+def test_runs_on_the_same_data_share_one_dataset_with_training_and_evaluation_contexts(store, gated):
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from models.config import resolve_config
+    from tasks.tracking import DIGEST_CHARS, EVALUATION, TRAINING, log_dataset, start_training_run
+
+    cfg = resolve_config("tiny")
+    run_ids = []
+    for name in ("first", "second"):
+        with start_training_run(cfg, experiment="t_datasets", run_name=name, system_metrics=False) as run:
+            log_dataset(gated.manifest_path, TRAINING)
+            log_dataset(gated.manifest_path, EVALUATION, subset=16)
+            run_ids.append(run.info.run_id)
+    client = MlflowClient()
+    inputs = [client.get_run(r).inputs.dataset_inputs for r in run_ids]
+    contexts = [{t.value: i.dataset for i in ins for t in i.tags if t.key == "mlflow.data.context"} for ins in inputs]
+    assert all(set(c) == {TRAINING, EVALUATION} for c in contexts), contexts
+    first, second = contexts
+    train = first[TRAINING]
+    assert train.name == "mnist16" and train.digest == gated.fingerprint[:DIGEST_CHARS]
+    assert (second[TRAINING].name, second[TRAINING].digest) == (train.name, train.digest)
+    assert (second[EVALUATION].name, second[EVALUATION].digest) == (first[EVALUATION].name, first[EVALUATION].digest)
+    assert first[EVALUATION].name == "mnist16-eval-16" and first[EVALUATION].digest != train.digest
+    assert json.loads(train.source)["uri"] == str(Path(gated.manifest_path).resolve())
+    assert "sha256" in json.loads(train.schema)["mlflow_colspec"][2].values()
+    assert json.loads(train.profile) == {"num_images": 24, "fingerprint": gated.fingerprint,
+                                         "validated_folder": str(Path(gated.source))}
+    # the store holds the dataset once for the experiment, linked to both runs
+    exp = mlflow.get_experiment_by_name("t_datasets").experiment_id
+    found = mlflow.search_runs([exp], filter_string=f"dataset.digest = '{train.digest}'", output_format="list")
+    assert sorted(r.info.run_id for r in found) == sorted(run_ids)
+
+
+def test_a_file_that_is_no_manifest_is_named(tmp_path):
+    from tasks.tracking import manifest_dataset
+
+    (tmp_path / "x.parquet").write_text("not parquet")
+    with pytest.raises(ValueError, match="x.parquet: not a readable manifest"):
+        manifest_dataset(tmp_path / "x.parquet")

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_mlflow_tracking import image_steps  # tests/ is on sys.path (pytest rootdir conftest)
 
 from models.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from models.config import resolve_config
@@ -77,8 +78,7 @@ def test_sink_delivers_everything_by_close_and_checkpoints_stay_local(sqlite_sto
         train(build_state(cfg), LocalGradSource(digits16, cfg), print_fn=None, **sink.callbacks())
     client = MlflowClient()
     assert [m.step for m in client.get_metric_history(run_id, "loss_d")] == [1, 2, 3, 4, 5, 6]
-    assert [a.path for a in client.list_artifacts(run_id, "samples")] == ["samples/step_000003.png",
-                                                                         "samples/step_000006.png"]
+    assert image_steps(client, run_id) == [3, 6]
     assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/checkpoint.pt"]
     assert read_checkpoint(tmp_path / "run" / "checkpoint.pt")["step"] == 6
     assert sink.spool.pending == 0
@@ -99,7 +99,7 @@ def test_unreachable_store_never_blocks_training_and_the_next_sink_sends_the_bac
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     sink.client = MlflowClient(f"http://127.0.0.1:{free_port()}")
     callers = []                                              # threads that talked to the (missing) store
-    for name in ("log_batch", "log_artifact", "log_artifacts"):
+    for name in ("log_batch", "log_artifact", "log_artifacts", "log_image"):
         real = getattr(sink.client, name)
         setattr(sink.client, name, lambda *a, _real=real, **k: callers.append(threading.current_thread()) or _real(*a, **k))
     train(build_state(cfg), LocalGradSource(digits16, cfg), print_fn=None, **sink.callbacks())
@@ -114,7 +114,7 @@ def test_unreachable_store_never_blocks_training_and_the_next_sink_sends_the_bac
     client = MlflowClient()
     assert [m.step for m in client.get_metric_history(run_id, "loss_d")] == [1, 2, 3, 4, 5]
     assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/checkpoint.pt"]
-    assert [a.path for a in client.list_artifacts(run_id, "samples")] == ["samples/step_000005.png"]
+    assert image_steps(client, run_id) == [5]         # the grid spooled during the outage, replayed as an image
 
 
 def test_credentials_leave_the_tracking_uri(monkeypatch, tmp_path):
