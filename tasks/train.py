@@ -80,7 +80,8 @@ class TrainOutcome:
 class GANSink(MlflowSink):
     """The GAN trainer's callbacks over the sink: `train(..., **sink.callbacks())` logs metrics, sample grids of
     the EMA generator (MLflow images under key `samples`, step = the training step) and checkpoints. Checkpoints
-    are written to checkpoint_dir first (atomically, models.checkpoint.save_checkpoint) and only then queued for upload, so an outage never costs one."""
+    are written to checkpoint_dir first (atomically, models.checkpoint.save_checkpoint) and only then queued for
+    upload, so an outage never costs one."""
 
     def __init__(self, run_id: str, *, sample_n: int = 64, sample_seed: int = 0, keep_checkpoints: bool = False,
                  **sink: Any):
