@@ -1,14 +1,16 @@
-"""Local servers started for real (Prefect, MLflow) in their own process group, waited for, and stopped by PID.
+"""Local servers started for real (Prefect, MLflow, PostgreSQL), waited for, and stopped by PID or pg_ctl.
 
 Used by `transsrgan chaos` and the end-to-end tests. Every server binds to 127.0.0.1.
 """
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -108,16 +110,84 @@ def prefect_server(home: Path, log: Path, port: int | None = None) -> Service:
     return svc
 
 
-def mlflow_server(home: Path, log: Path, port: int | None = None) -> Service:
-    """The project's launcher (mlflow/start-server.sh) on 127.0.0.1 with a SQLite store under `home`; URL at .url."""
+def mlflow_server(home: Path, log: Path, port: int | None = None, *, args: tuple[str, ...] = (),
+                  env: dict[str, str] | None = None) -> Service:
+    """The project's launcher (mlflow/start-server.sh) on 127.0.0.1 with a SQLite store under `home`; URL at .url.
+
+    `args` are more launcher flags (`--auth`, `--backend URI`), `env` more variables (MLFLOW_ADMIN_PASSWORD_FILE).
+    """
     port = port or free_port()
     env = {**os.environ, "TRANSSRGAN_HOME": str(home), "MLFLOW_PORT": str(port),
-           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+           "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", **(env or {})}
     env.pop("MLFLOW_HOST", None)          # the launcher's default, 127.0.0.1
-    svc = Service("mlflow server", ["bash", str(REPO_ROOT / "mlflow" / "start-server.sh")],
+    svc = Service("mlflow server", ["bash", str(REPO_ROOT / "mlflow" / "start-server.sh"), *args],
                   f"http://127.0.0.1:{port}/health", env, log)
     svc.url = f"http://127.0.0.1:{port}"
     return svc
+
+
+def postgres_bin() -> Path | None:
+    """The folder of PostgreSQL's server programs (initdb, pg_ctl): Debian's newest, else the PATH's; None if absent."""
+    debian = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"),
+                    key=lambda p: int(p.parent.parent.name) if p.parent.parent.name.isdigit() else 0)
+    if debian:
+        return debian[-1].parent
+    found = shutil.which("initdb")
+    return Path(found).parent if found else None
+
+
+@contextlib.contextmanager
+def postgres_server(user: str, password: str, database: str, timeout_s: int = 120) -> Iterator[str]:
+    """A throwaway PostgreSQL server on 127.0.0.1 (a free port; its socket in its own folder), with `user` owning
+    `database`; yields postgresql://user:password@127.0.0.1:PORT/database and stops the server afterwards.
+
+    initdb refuses root, so as root the server runs as the `postgres` user, in a folder of its own under the temp
+    dir (pytest's tmp_path is 0700 root's, which that user cannot enter); the folder is removed at the end.
+    """
+    import psycopg2
+
+    bindir = postgres_bin()
+    if bindir is None:
+        raise ServiceError("PostgreSQL's server programs (initdb, pg_ctl) are not installed: run `make postgres`")
+    as_owner: list[str] = []
+    folder = Path(tempfile.mkdtemp(prefix="transsrgan-pg-"))
+    try:
+        if os.geteuid() == 0:
+            import pwd
+
+            try:
+                owner = pwd.getpwnam("postgres")
+            except KeyError:
+                raise ServiceError("running as root, but there is no `postgres` user to run PostgreSQL as "
+                                   "(Debian's postgresql package creates it: `make postgres`)") from None
+            os.chown(folder, owner.pw_uid, owner.pw_gid)
+            as_owner = ["runuser", "-u", "postgres", "--"]
+        data, log, port = folder / "data", folder / "server.log", free_port()
+
+        def pg(*cmd: str) -> None:
+            out = subprocess.run([*as_owner, *cmd], capture_output=True, text=True, timeout=timeout_s)
+            if out.returncode != 0:
+                tail = log.read_text(errors="replace")[-2000:] if log.is_file() else ""
+                raise ServiceError(f"{Path(cmd[0]).name} failed ({out.returncode}):\n{out.stdout}{out.stderr}{tail}")
+
+        # trust on the socket (only this folder's owner and root can reach it), passwords over TCP
+        pg(str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "-E", "UTF8", "--locale=C", "-N",
+           "--auth-local=trust", "--auth-host=scram-sha-256")
+        try:
+            pg(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(log), "-w", "-t", str(timeout_s), "-o",
+               f"-c listen_addresses=127.0.0.1 -p {port} -k {folder} -c fsync=off", "start")
+            admin = psycopg2.connect(host=str(folder), port=port, user="postgres", dbname="postgres")
+            admin.autocommit = True                      # CREATE DATABASE refuses to run inside a transaction
+            with admin.cursor() as cur:
+                cur.execute(f'CREATE ROLE "{user}" LOGIN PASSWORD %s', (password,))
+                cur.execute(f'CREATE DATABASE "{database}" OWNER "{user}"')
+            admin.close()
+            yield f"postgresql://{user}:{password}@127.0.0.1:{port}/{database}"
+        finally:                                         # also after a start that timed out half-way
+            subprocess.run([*as_owner, str(bindir / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
+                           capture_output=True, timeout=timeout_s)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def listening_addresses(pids: list[int]) -> set[tuple[str, int]]:

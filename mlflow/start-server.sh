@@ -133,9 +133,11 @@ if [[ "$AUTH" == 1 ]]; then
     [[ -f "$MLFLOW_AUTH_CONFIG_PATH" && -r "$MLFLOW_AUTH_CONFIG_PATH" ]] \
       || die "MLFLOW_AUTH_CONFIG_PATH: cannot read '$MLFLOW_AUTH_CONFIG_PATH'"
     AUTH_INI="$MLFLOW_AUTH_CONFIG_PATH"
+    WRITE_INI=0
     AUTH_DESC="admin and users as set in $AUTH_INI"
   else
     AUTH_INI="$AUTH_DIR/basic_auth.ini"
+    WRITE_INI=1
     if [[ -L "$AUTH_INI" ]] || { [[ -e "$AUTH_INI" ]] && [[ "$(head -n 1 "$AUTH_INI")" != "$MARK" ]]; }; then
       die "$AUTH_INI was not written by this launcher; to use it, set MLFLOW_AUTH_CONFIG_PATH=$AUTH_INI, else move it away"
     fi
@@ -162,7 +164,7 @@ echo "UI and API: $URL  (clients: export MLFLOW_TRACKING_URI=$URL$(
 
 if [[ "$AUTH" == 1 ]]; then
   mkdir -p -m 700 "$AUTH_DIR"
-  if [[ "$AUTH_INI" == "$AUTH_DIR/basic_auth.ini" ]]; then
+  if [[ "$WRITE_INI" == 1 ]]; then
     tmp="$(mktemp "$AUTH_DIR/.basic_auth.ini.XXXXXX")"          # mode 0600 from the start
     {
       echo "$MARK"
