@@ -15,11 +15,13 @@ __all__ = ["build_generator", "build_discriminator", "count_params"]
 
 def build_generator(config: "ModelConfig") -> "nn.Module":
     from models.dcgan import DCGANGenerator
-    from models.transsrgan import TransSRGenerator, init_weights
+    from models.transsrgan import TransSRGenerator, init_icnr, init_weights
 
     config.validate()
     g = {"transsrgan": TransSRGenerator, "dcgan": DCGANGenerator}[config.arch](config)
     init_weights(g)
+    if config.icnr:          # after init_weights, so icnr=False draws exactly the random numbers it always did
+        init_icnr(g)
     return g
 
 

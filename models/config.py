@@ -127,6 +127,7 @@ class ModelConfig(Section):
     mlp_ratio: float = Field(2.0, gt=0)
     g_channels: PositiveInt = 128               # channels after the first upsampling block; halves per block, floor 32
     g_norm: Literal["group", "instance", "none"] = "group"   # per-sample norms keep DFAGD == reference
+    icnr: bool = False                          # ICNR init of the conv before each PixelShuffle (docs/quality.md)
     # Discriminator (shared by TransSRGAN and DCGAN)
     d_channels: int = Field(64, ge=8)
     d_max_channels: PositiveInt = 256

@@ -96,6 +96,29 @@ class TransSRGenerator(nn.Module):
         return torch.tanh(self.to_image(x))                                 # (B, channels, res, res) in [-1, 1]
 
 
+def icnr_(conv: nn.Conv2d, scale: int = 2, std: float = 0.02) -> None:
+    """ICNR (Aitken et al., 2017): draw one sub-kernel per output channel of PixelShuffle(scale) and repeat it for
+    all scale^2 sub-pixels, so the shuffled output starts as nearest-neighbour upsampling: no checkerboard at step 0.
+
+    PixelShuffle sends input channel c * scale^2 + k to sub-pixel k of output channel c, hence repeat_interleave.
+    """
+    r2 = scale * scale
+    out, c_in, kh, kw = conv.weight.shape                                   # (r2 * c_out, c_in, k, k)
+    sub = torch.empty(out // r2, c_in, kh, kw)
+    nn.init.normal_(sub, 0.0, std)
+    with torch.no_grad():
+        conv.weight.copy_(sub.repeat_interleave(r2, dim=0))
+        if conv.bias is not None:
+            conv.bias.copy_(conv.bias.view(-1, r2)[:, :1].expand(-1, r2).reshape(-1))
+
+
+def init_icnr(module: nn.Module) -> None:
+    """ICNR for the conv of every UpsampleBlock in `module` (a no-op for generators without PixelShuffle)."""
+    for m in module.modules():
+        if isinstance(m, UpsampleBlock):
+            icnr_(m.conv, scale=m.shuffle.upscale_factor)
+
+
 def init_weights(module: nn.Module) -> None:
     for m in module.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):

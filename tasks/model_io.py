@@ -31,6 +31,7 @@ from torch import nn
 
 from models.config import Config
 from models.files import OutputFolder
+from models.grid import interpolate as generator_interpolate
 from models.grid import make_grid, save_png, to_uint8
 from models.grid import sample as generator_sample
 from models.singan import SinGANState, sample_at_size, save_singan
@@ -207,18 +208,26 @@ def load_singan_model(uri: str) -> SinGANState:
 # ---------------------------------------------------------------- sampling
 
 def sample_images(model: LoadedModel, n: int, seed: int = 0, *, scale_h: float = 1.0, scale_w: float = 1.0,
-                  height: int | None = None, width: int | None = None) -> np.ndarray:
+                  height: int | None = None, width: int | None = None, truncation: float = 1.0,
+                  interpolate_steps: int = 0) -> np.ndarray:
     """uint8 (n, H, W, C): the same arguments always give the same images.
 
     Sizes are for SinGAN only: exactly height x width if given (the other side keeps the aspect ratio), else the
     training size times (scale_h, scale_w). A generator has one size; asking it for another is a ValueError.
+    truncation (psi in (0, 1], 1 = off) and interpolate_steps (> 0: n rows of that many images, each row a slerp
+    between two seeds; models.grid.interpolate) are for generators only.
     """
     if not isinstance(model, SinGANState):
         if (scale_h, scale_w, height, width) != (1.0, 1.0, None, None):
             raise ValueError("scale_h, scale_w, height, width: only a SinGAN takes an output size; this is a "
                              "fixed-size generator")
         mc = model.config.model
-        return to_uint8(generator_sample(model, n, seed, mc.z_dim, mc.num_classes))
+        if interpolate_steps:
+            return to_uint8(generator_interpolate(model, n, interpolate_steps, seed, mc.z_dim, mc.num_classes,
+                                                  truncation=truncation))
+        return to_uint8(generator_sample(model, n, seed, mc.z_dim, mc.num_classes, truncation=truncation))
+    if (truncation, interpolate_steps) != (1.0, 0):
+        raise ValueError("truncation, interpolate_steps: only for a generator's Gaussian latent; this is a SinGAN")
     if height is None and width is None:
         return to_uint8(singan_sample(model, n, seed, scale_h=scale_h, scale_w=scale_w))
     h0, w0 = model.sizes[-1]
@@ -231,10 +240,11 @@ def write_samples(model: LoadedModel, n: int, out: str | Path, *, seed: int = 0,
                   scale: int = 2, nrow: int | None = None, **size: Any) -> tuple[Path, Path | None, tuple[int, int]]:
     """n samples as one grid PNG (and one PNG each in `each_dir`); returns (grid, each_dir, (H, W)).
 
-    `size` (scale_h, scale_w, height, width) is for SinGAN only, as in sample_images.
+    `size` (scale_h, scale_w, height, width) is for SinGAN only, truncation and interpolate_steps for generators
+    only, as in sample_images; an interpolation grid has one row per seed pair.
     """
     images = sample_images(model, n, seed, **size)                               # (n, H, W, C) uint8
-    grid = save_png(make_grid(images, nrow), out, scale=scale)
+    grid = save_png(make_grid(images, size.get("interpolate_steps") or nrow), out, scale=scale)
     if each_dir is not None:
         each_dir = Path(each_dir)
         with OutputFolder(each_dir, "sample") as folder:   # replaces only earlier samples (models.files)

@@ -99,3 +99,93 @@ def test_adversarial_losses():
     assert ns == pytest.approx(torch.nn.functional.softplus(-r).mean().item() + torch.nn.functional.softplus(f).mean().item())
     with pytest.raises(ValueError, match="train.loss"):
         d_adversarial("nope", r, f)
+
+
+# ---------------------------------------------------------------- ICNR, truncation, interpolation
+
+def test_icnr_starts_every_pixelshuffle_as_nearest_neighbour_upsampling():
+    from models.transsrgan import UpsampleBlock
+
+    cfg = tiny_model(resolution=32, icnr=True)
+    G = build_generator(cfg)
+    blocks = [m for m in G.modules() if isinstance(m, UpsampleBlock)]
+    assert len(blocks) == cfg.upsample_blocks == 3
+    for blk in blocks:
+        y = blk.shuffle(blk.conv(torch.randn(2, blk.conv.in_channels, 5, 5)))       # (2, c, 10, 10)
+        for dy, dx in ((0, 1), (1, 0), (1, 1)):                                   # every 2x2 cell is one value
+            assert torch.equal(y[..., dy::2, dx::2], y[..., 0::2, 0::2])
+    plain = build_generator(tiny_model(resolution=32))
+    y = blocks[0].shuffle(plain.upsample[0].conv(torch.randn(2, cfg.dim, 5, 5)))
+    assert not torch.equal(y[..., 1::2, 1::2], y[..., 0::2, 0::2])
+
+
+def test_icnr_changes_only_the_upsampling_convs():
+    """model.icnr draws its numbers after the usual init: every other weight is the same, and icnr=False is the
+    initialisation of before (the demo stays byte-identical)."""
+    torch.manual_seed(0)
+    a = build_generator(tiny_model(icnr=False)).state_dict()
+    torch.manual_seed(0)
+    b = build_generator(tiny_model(icnr=True)).state_dict()
+    changed = {k for k in a if not torch.equal(a[k], b[k])}
+    assert changed == {f"upsample.{i}.conv.weight" for i in range(tiny_model().upsample_blocks)}
+    dcgan = tiny_model(arch="dcgan", icnr=True)                 # no PixelShuffle: the flag changes nothing
+    torch.manual_seed(0)
+    c = build_generator(dcgan).state_dict()
+    torch.manual_seed(0)
+    d = build_generator(dcgan.model_copy(update={"icnr": False})).state_dict()
+    assert all(torch.equal(c[k], d[k]) for k in c)
+
+
+def _trained_ish_generator():
+    """A generator whose token input has a non-zero mean over z (as after training), so truncation matters."""
+    torch.manual_seed(3)
+    G = build_generator(tiny_model(resolution=16)).eval()
+    with torch.no_grad():
+        G.to_tokens.bias.normal_(0.0, 0.5)
+    return G
+
+
+def test_truncation_one_is_todays_sample_and_smaller_psi_narrows_the_samples():
+    from models.grid import sample
+
+    G = _trained_ish_generator()
+    z_dim = G.config.z_dim
+    g = torch.Generator().manual_seed(5)               # what sample() drew before truncation existed
+    with torch.no_grad():
+        before = G(torch.randn(32, z_dim, generator=g))
+    assert torch.equal(sample(G, 32, 5, z_dim), before)
+    assert torch.equal(sample(G, 32, 5, z_dim, truncation=1.0), before)
+    stds = [sample(G, 32, 5, z_dim, truncation=psi).std(dim=0).mean().item() for psi in (1.0, 0.7, 0.4, 0.1)]
+    assert stds == sorted(stds, reverse=True) and stds[-1] < 0.5 * stds[0], stds
+    assert torch.equal(sample(G, 32, 5, z_dim, truncation=0.4), sample(G, 32, 5, z_dim, truncation=0.4))
+    for bad in (0.0, 1.5, float("nan"), -0.5):
+        with pytest.raises(ValueError, match="truncation"):
+            sample(G, 2, 0, z_dim, truncation=bad)
+
+
+def test_interpolation_grid_ends_at_the_plain_samples_of_its_seeds():
+    from models.grid import interpolate, interpolation_seeds, sample
+
+    G = _trained_ish_generator()
+    z_dim, rows, steps = G.config.z_dim, 3, 5
+    grid = interpolate(G, rows, steps, 10, z_dim).view(rows, steps, *G(torch.randn(1, z_dim)).shape[1:])
+    assert interpolation_seeds(10, rows) == [(10, 11), (12, 13), (14, 15)]
+    for i, (a, b) in enumerate(interpolation_seeds(10, rows)):
+        torch.testing.assert_close(grid[i, 0], sample(G, 1, a, z_dim)[0], rtol=0, atol=1e-6)
+        torch.testing.assert_close(grid[i, -1], sample(G, 1, b, z_dim)[0], rtol=0, atol=1e-6)
+        assert not torch.allclose(grid[i, 2], grid[i, 0]) and not torch.allclose(grid[i, 2], grid[i, -1])
+    half = interpolate(G, 1, 2, 10, z_dim, truncation=0.5)
+    torch.testing.assert_close(half[0], sample(G, 1, 10, z_dim, truncation=0.5)[0], rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="steps"):
+        interpolate(G, 1, 1, 0, z_dim)
+
+
+def test_slerp_keeps_the_norm_of_unit_vectors_and_hits_its_end_points():
+    from models.grid import slerp
+
+    z0, z1 = torch.nn.functional.normalize(torch.randn(4, 16), dim=1), torch.nn.functional.normalize(torch.randn(4, 16), dim=1)
+    path = slerp(z0, z1, torch.linspace(0, 1, 7))                                  # (4, 7, 16)
+    assert torch.equal(path[:, 0], z0) and torch.equal(path[:, -1], z1)
+    torch.testing.assert_close(path.norm(dim=2), torch.ones(4, 7))
+    same = slerp(z0, z0, torch.tensor([0.0, 0.5, 1.0]))                            # parallel: no 0/0
+    torch.testing.assert_close(same, z0[:, None].expand(-1, 3, -1))
