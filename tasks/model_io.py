@@ -1,9 +1,8 @@
 """The model store: log both model families as MLflow models, load them back without unpickling, sample them."""
 
 # What a logged model holds (pyfunc flavor, models-from-code; tasks/pyfunc.py says what predict() takes):
-#   MLmodel               signature: generator noise float32 (-1, z_dim) -> images float32 (-1, C, H, W);
-#                         SinGAN column `seed` (int64) -> images float32 (-1, C, -1, -1), params scale_h,
-#                         scale_w (float), start_scale (int)
+#   MLmodel               signature (tasks.pyfunc.signature): columns seed, label, z (generator) or seed (SinGAN)
+#                         -> images float32 (-1, C, H, W); params n, output, SinGAN's scale_h, scale_w, start_scale
 #   pyfunc.py             tasks/pyfunc.py, plain source (no cloudpickle)
 #   code/models/          the model code, so `mlflow.pyfunc.load_model` works without this repository
 #   artifacts/            generator: config.json + state_dict.pt; SinGAN: singan.pt (all read with weights_only)
@@ -26,7 +25,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.models import Model, ModelSignature
 from mlflow.models.model import ModelInfo
 from mlflow.tracking import MlflowClient
-from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
 from torch import nn
 
 from models.config import Config
@@ -45,6 +43,7 @@ from tasks.pyfunc import (
     rebuild_generator,
     rebuild_singan,
 )
+from tasks.pyfunc import signature as pyfunc_signature
 from tasks.tracking import redact
 
 PYFUNC_SOURCE = Path(__file__).with_name("pyfunc.py")
@@ -74,17 +73,11 @@ def pip_requirements() -> list[str]:
 
 def generator_signature(config: Config) -> ModelSignature:
     mc = config.model
-    return ModelSignature(inputs=Schema([TensorSpec(np.dtype(np.float32), (-1, mc.z_dim))]),
-                          outputs=Schema([TensorSpec(np.dtype(np.float32),
-                                                     (-1, mc.channels, mc.resolution, mc.resolution))]))
+    return pyfunc_signature(z_dim=mc.z_dim, channels=mc.channels, resolution=mc.resolution)
 
 
 def singan_signature(channels: int) -> ModelSignature:
-    return ModelSignature(
-        inputs=Schema([ColSpec("long", SEED_COLUMN)]),
-        outputs=Schema([TensorSpec(np.dtype(np.float32), (-1, channels, -1, -1))]),
-        params=ParamSchema([ParamSpec("scale_h", "double", 1.0), ParamSpec("scale_w", "double", 1.0),
-                            ParamSpec("start_scale", "long", 0)]))
+    return pyfunc_signature(z_dim=None, channels=channels)
 
 
 def _log_code_model(name: str, artifacts: dict[str, str], model_signature: ModelSignature, input_example: Any,
@@ -111,7 +104,7 @@ def log_generator(state_or_G: GANState | nn.Module, config: Config, name: str = 
     """Log the EMA generator (or a given module) of the active run (or `run_id`) as an MLflow model."""
     G = state_or_G.G_ema if isinstance(state_or_G, GANState) else state_or_G
     state_dict = {k: v.detach().cpu().contiguous() for k, v in G.state_dict().items()}
-    example = np.random.default_rng(0).standard_normal((2, config.model.z_dim)).astype(np.float32)
+    example = pd.DataFrame({SEED_COLUMN: np.array([0, 1], dtype=np.int64)})
     with tempfile.TemporaryDirectory() as tmp:
         cfg_path, sd_path = Path(tmp) / "config.json", Path(tmp) / "state_dict.pt"
         cfg_path.write_text(config.to_json())

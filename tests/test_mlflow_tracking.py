@@ -159,8 +159,10 @@ def test_checkpoint_artifact_restores_the_run(tiny_run):
 
 def test_generator_round_trip_without_pickles(tiny_run):
     import mlflow
+    import pandas as pd
     import torch
 
+    from models.grid import sample
     from tasks.model_io import load_generator
 
     run_id, cfg, state = tiny_run
@@ -174,11 +176,15 @@ def test_generator_round_trip_without_pickles(tiny_run):
     assert not list(local.rglob("*.pkl")), "nothing in the logged model may be a pickle"
     assert (local / "pyfunc.py").is_file() and (local / "code" / "models" / "transsrgan.py").is_file()
     pyfunc = mlflow.pyfunc.load_model(f"runs:/{run_id}/generator")
-    out = pyfunc.predict(z.numpy())
+    out = pyfunc.predict(pd.DataFrame({"z": list(z.double().numpy())}))          # one image per z row
     assert out.shape == (3, cfg.model.channels, cfg.model.resolution, cfg.model.resolution)
     np.testing.assert_allclose(out, expected.numpy(), atol=1e-6)
+    # a seed row gives n images, the ones `transsrgan sample --seed 3 -n 4` draws
+    seeded = pyfunc.predict(pd.DataFrame({"seed": [3]}), params={"n": 4})
+    np.testing.assert_allclose(seeded, sample(state.G_ema, 4, 3, cfg.model.z_dim).numpy(), atol=1e-6)
     sig = pyfunc.metadata.signature
-    assert sig.inputs.inputs[0].shape == (-1, cfg.model.z_dim)
+    assert sig.inputs.input_names() == ["seed", "label", "z"] and not sig.inputs.required_input_names()
+    assert {p.name for p in sig.params.params} == {"n", "output"}
 
 
 @pytest.fixture(scope="module")
