@@ -7,6 +7,7 @@ import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
@@ -18,11 +19,19 @@ from models.data import load_dataset
 from models.step import build_state
 from models.trainer import LocalGradSource, train
 from tasks.sink import TrackingUnavailable
+from tasks.tags import SAMPLES_KEY
 from tasks.tracking import start_training_run
 from tasks.train import GANSink as MlflowSink
 
 DOWN_AT = 10          # the server is SIGKILLed when training logs this step
 DOWN_FOR_S = 6.0      # ... and started again once training has gone on this long without it
+
+
+def image_steps(client: MlflowClient, run_id: str, key: str = SAMPLES_KEY) -> list[int]:
+    """Steps of the full-size images that mlflow.log_image(key=key, step=...) wrote under images/ of a run."""
+    names = [Path(a.path).name for a in client.list_artifacts(run_id, "images")]
+    parts = [n.removesuffix(".png").split("+") for n in names if n.endswith(".png")]   # key+step+S+timestamp+T+uuid
+    return sorted(int(p[2]) for p in parts if len(p) > 2 and p[0] == key and p[1] == "step")
 
 
 def _tiny(steps: int, **over) -> tuple:
@@ -91,7 +100,7 @@ def mlflow_outage_buffered(ctx: ChaosContext) -> Outcome:
                 buffered = sink.spool.pending
         client = MlflowClient()
         logged = {m.step for m in client.get_metric_history(run_id, "loss_d")}
-        grids = [a.path for a in client.list_artifacts(run_id, "samples")]
+        grids = image_steps(client, run_id)
         ckpts = [a.path for a in client.list_artifacts(run_id, "checkpoints")]
         status = client.get_run(run_id).info.status
     a, b = int(outage["down_step"]), int(outage["up_step"])

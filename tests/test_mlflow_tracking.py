@@ -61,13 +61,6 @@ def tiny_run(store, tmp_path_factory):
     return run.info.run_id, cfg, state
 
 
-def image_steps(client, run_id: str, key: str = "samples") -> list[int]:
-    """Steps of the full-size images that mlflow.log_image(key=key, step=...) wrote under images/."""
-    names = [Path(a.path).name for a in client.list_artifacts(run_id, "images")]
-    full = [n.split("+") for n in names if n.endswith(".png")]       # key+step+N+timestamp+T+uuid.png
-    return sorted(int(p[2]) for p in full if p[0] == key and p[1] == "step")
-
-
 def _wait_for_system_metrics(run_id: str, limit_s: float = 120.0) -> None:
     """Wait until MLflow's system-metrics thread has logged a sample (it samples every 0.2 s here); the limit only
     stops a broken monitor from hanging the suite."""
@@ -120,6 +113,7 @@ def test_experiment_artifacts_live_next_to_the_sqlite_store(store):
 def test_tiny_run_logs_params_tags_metrics_and_artifacts(tiny_run):
     from mlflow.tracking import MlflowClient
 
+    from chaos.tracking import image_steps
     from models.trainer import METRIC_NAMES
 
     run_id, cfg, _ = tiny_run

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_mlflow_tracking import image_steps  # tests/ is on sys.path (pytest rootdir conftest)
 
+from chaos.tracking import image_steps
 from models.checkpoint import CheckpointError, read_checkpoint, save_checkpoint
 from models.config import resolve_config
 from models.data import load_dataset
