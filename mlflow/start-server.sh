@@ -115,7 +115,13 @@ else
     *://*) DEST="$MLFLOW_ARTIFACTS_DESTINATION" ;;
     *) mkdir -p "$MLFLOW_ARTIFACTS_DESTINATION"; DEST="$(cd "$MLFLOW_ARTIFACTS_DESTINATION" && pwd)" ;;
   esac
-  ARGS=(--backend-store-uri "$MLFLOW_BACKEND_STORE_URI" --serve-artifacts --artifacts-destination "$DEST")
+  ARGS=(--serve-artifacts --artifacts-destination "$DEST")
+  # A password in the store URI stays out of the process list: `mlflow server` reads the variable itself.
+  if [[ "$MLFLOW_BACKEND_STORE_URI" =~ ://[^:/@]*:[^@]*@ ]]; then
+    export MLFLOW_BACKEND_STORE_URI; ENV_SHOWN="MLFLOW_BACKEND_STORE_URI=$MLFLOW_BACKEND_STORE_URI "
+  else
+    ARGS=(--backend-store-uri "$MLFLOW_BACKEND_STORE_URI" "${ARGS[@]}")
+  fi
 fi
 ARGS+=(--host "$MLFLOW_HOST" --port "$MLFLOW_PORT" --workers "$MLFLOW_WORKERS")
 
@@ -146,7 +152,7 @@ if [[ "$AUTH" == 1 ]]; then
   ARGS=(--app-name basic-auth "${ARGS[@]}")
 fi
 
-echo "mlflow server ${ARGS[*]}" | redact
+echo "${ENV_SHOWN:-}mlflow server ${ARGS[*]}" | redact
 if [[ "$AUTH" == 1 ]]; then
   echo "login: MLflow basic-auth; admin password from $PASSWORD_SOURCE (not shown); $AUTH_DESC"
 elif [[ "$LOOPBACK" == 0 ]]; then

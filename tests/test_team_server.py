@@ -21,7 +21,7 @@ PASSWORD_VARS = ("MLFLOW_ADMIN_PASSWORD", "MLFLOW_ADMIN_PASSWORD_FILE", "MLFLOW_
 # Stands in for `mlflow` (the launcher takes $VIRTUAL_ENV/bin/mlflow first): records what it was started with.
 STUB = """#!/usr/bin/env bash
 { printf 'ARG %s\\n' "$@"; echo "CONFIG ${MLFLOW_AUTH_CONFIG_PATH:-}"; echo "ADMIN_PASSWORD ${MLFLOW_AUTH_ADMIN_PASSWORD:-}"
-  echo "SECRET_KEY ${MLFLOW_FLASK_SERVER_SECRET_KEY:+set}"; } > "$STUB_OUT"
+  echo "SECRET_KEY ${MLFLOW_FLASK_SERVER_SECRET_KEY:+set}"; echo "STORE ${MLFLOW_BACKEND_STORE_URI:-}"; } > "$STUB_OUT"
 """
 
 
@@ -92,6 +92,14 @@ def test_a_shared_bind_starts_basic_auth_with_the_password_in_the_environment_on
     out, _ = launch("--auth", MLFLOW_ADMIN_PASSWORD=SECRET)     # a restart rewrites its own file, keeps the key
     assert out.returncode == 0, out.stderr
     assert (auth_dir / "flask_secret_key").read_text() == key and ini.read_text() == text
+
+
+def test_a_store_password_stays_out_of_the_process_list(launch):
+    out, started = launch("--backend", f"postgresql://mlflow:{SECRET}@db:5432/mlflow")
+    assert out.returncode == 0 and SECRET not in out.stdout + out.stderr
+    assert "ARG --backend-store-uri" not in started and f"STORE postgresql://mlflow:{SECRET}@db" in started
+    out, started = launch("--backend", "postgresql://mlflow@db:5432/mlflow")       # no password: argv as usual
+    assert "ARG --backend-store-uri\nARG postgresql://mlflow@db:5432/mlflow" in started
 
 
 def test_print_never_shows_the_password(launch, tmp_path):
@@ -208,6 +216,7 @@ def test_team_server_on_postgresql_runs_the_flow_and_serves_the_champion(harness
                                                                           logged_in, monkeypatch):
     """PostgreSQL (a real server) -> start-server.sh --backend postgresql://... --auth -> the tiny flow registers and
     promotes a version -> `transsrgan sample` pulls the champion from the server as a logged-in user."""
+    import psutil
     import psycopg2
     from mlflow import MlflowClient
     from PIL import Image
@@ -223,6 +232,9 @@ def test_team_server_on_postgresql_runs_the_flow_and_serves_the_champion(harness
                                env={"MLFLOW_ADMIN_PASSWORD_FILE": str(admin_password_file)})
         with running(server, timeout_s=240) as svc:
             assert "postgresql://mlflow:***@127.0.0.1" in svc.tail(10**6) and db_password not in svc.tail(10**6)
+            for pid in svc.pids():                         # neither password shows in the process list
+                cmdline = " ".join(psutil.Process(pid).cmdline())
+                assert db_password not in cmdline and SECRET not in cmdline
             monkeypatch.setenv("MLFLOW_TRACKING_URI", svc.url)
             configure_tracking(svc.url)
             try:
