@@ -188,6 +188,19 @@ def test_auth_server_answers_401_to_strangers_and_logs_a_run_for_a_user(tmp_path
         assert [a.path for a in client.list_artifacts(run.info.run_id, "notes")] == ["notes/hello.txt"]
         anon = httpx.get(f"{svc.url}/api/2.0/mlflow/runs/get?run_id={run.info.run_id}", timeout=30)
         assert anon.status_code == 401
+
+        # A second user (what docs/operations.md tells an admin to do): reads by default, writes once granted EDIT.
+        from mlflow.server import get_app_client
+
+        get_app_client("basic-auth", tracking_uri=svc.url).create_user("alice", "alice-password-123")
+        alice = ("alice", "alice-password-123")
+        params = {"run_id": run.info.run_id, "key": "by", "value": "alice"}
+        post = f"{svc.url}/api/2.0/mlflow/runs/set-tag"
+        assert httpx.get(f"{svc.url}/api/2.0/mlflow/runs/get", params={"run_id": run.info.run_id}, auth=alice,
+                         timeout=30).status_code == 200
+        assert httpx.post(post, json=params, auth=alice, timeout=30).status_code == 403
+        get_app_client("basic-auth", tracking_uri=svc.url).grant_user_permission("alice", "experiment", exp, "EDIT")
+        assert httpx.post(post, json=params, auth=alice, timeout=30).status_code == 200
     ini = home / "mlflow-auth" / "basic_auth.ini"
     assert stat.S_IMODE(ini.stat().st_mode) == 0o600 and SECRET not in ini.read_text()
     assert SECRET not in svc.tail(10**6)
