@@ -99,10 +99,13 @@ class Service:
             os.killpg(self.proc.pid, sig)
 
 
-def prefect_server(home: Path, log: Path, port: int | None = None) -> Service:
-    """`prefect server start` on 127.0.0.1 with its own PREFECT_HOME (SQLite); API at .api_url."""
+def prefect_server(home: Path, log: Path, port: int | None = None, *, env: dict[str, str] | None = None) -> Service:
+    """`prefect server start` on 127.0.0.1 with its own PREFECT_HOME (SQLite); API at .api_url.
+
+    `env`: more variables, e.g. PREFECT_SERVER_API_AUTH_STRING for a server that wants a login.
+    """
     port = port or free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", **(env or {})}
     env.pop("PREFECT_API_URL", None)
     svc = Service("prefect server", [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1",
                                      "--port", str(port)], f"http://127.0.0.1:{port}/api/health", env, log)
@@ -150,9 +153,10 @@ def postgres_server(user: str, password: str, database: str, timeout_s: int = 12
     if bindir is None:
         raise ServiceError("PostgreSQL's server programs (initdb, pg_ctl) are not installed: run `make postgres`")
     as_owner: list[str] = []
-    folder = Path(tempfile.mkdtemp(prefix="transsrgan-pg-"))
+    root = os.geteuid() == 0
+    folder = Path(tempfile.mkdtemp(prefix="transsrgan-pg-", dir="/tmp" if root else None))  # /tmp: 1777
     try:
-        if os.geteuid() == 0:
+        if root:
             import pwd
 
             try:

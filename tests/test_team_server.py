@@ -9,7 +9,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from chaos.services import BIN, mlflow_server, postgres_bin, postgres_server, running
+from chaos.services import BIN, mlflow_server, postgres_bin, postgres_server, prefect_server, running
 
 ROOT = Path(__file__).resolve().parents[1]
 LAUNCHER = ROOT / "mlflow" / "start-server.sh"
@@ -204,6 +204,29 @@ def test_auth_server_answers_401_to_strangers_and_logs_a_run_for_a_user(tmp_path
     ini = home / "mlflow-auth" / "basic_auth.ini"
     assert stat.S_IMODE(ini.stat().st_mode) == 0o600 and SECRET not in ini.read_text()
     assert SECRET not in svc.tail(10**6)
+
+
+@pytest.mark.slow
+def test_prefect_server_with_an_auth_string_needs_it_from_every_client(tmp_path):
+    """The Prefect setting docs/operations.md gives for a shared server, on the pinned Prefect."""
+    from flows.prefect_api import check_server
+
+    auth = "team:prefect-pass-1234"
+    server = prefect_server(tmp_path / "prefect", tmp_path / "prefect.log",
+                            env={"PREFECT_SERVER_API_AUTH_STRING": auth})
+    with running(server, timeout_s=240) as svc:
+        assert httpx.post(svc.api_url + "/flows/filter", json={}, timeout=30).status_code == 401
+        assert httpx.post(svc.api_url + "/flows/filter", json={}, auth=tuple(auth.split(":")),
+                          timeout=30).status_code == 200
+        check_server(svc.api_url)           # the CLI's "is it up" probe still works: /api/health needs no login
+        env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_KEY", "PREFECT_API_AUTH_STRING")}
+        env.update(PREFECT_API_URL=svc.api_url, PREFECT_HOME=str(tmp_path / "client"))
+        ls = [str(BIN / "prefect"), "work-pool", "ls"]
+        ok = subprocess.run(ls, env={**env, "PREFECT_API_AUTH_STRING": auth}, capture_output=True, text=True,
+                            timeout=180)
+        assert ok.returncode == 0, ok.stdout + ok.stderr
+        refused = subprocess.run(ls, env=env, capture_output=True, text=True, timeout=180)
+        assert refused.returncode != 0 and "401" in refused.stdout + refused.stderr
 
 
 def _require_postgres() -> None:
