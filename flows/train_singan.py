@@ -5,6 +5,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.artifacts import report_run
 from flows.params import SinGANParams, takes
 from tasks.model_io import SINGAN
 from tasks.pipeline import (
@@ -15,6 +16,7 @@ from tasks.pipeline import (
     sample_grid,
     validate_image,
 )
+from tasks.registry import RunReport
 from tasks.train import train_singan_model
 
 
@@ -33,7 +35,18 @@ def train_singan(params: SinGANParams) -> dict[str, Any]:
     promotion = promote_model(SINGAN, version, evaluation.primary_metric, params.promotion_margin)
     grid = sample_grid(SINGAN, version, trained.run_id, trained.out_dir, n=16)
     mark_completed(trained.run_id)
-    return _summary(validated, trained, evaluation, version, promotion, grid)
+    report = RunReport(SINGAN, trained.run_id, version, _facts(config, validated, trained), evaluation.metrics,
+                       evaluation.primary_metric, promotion["champion_version"], promotion["promoted"],
+                       promotion["reason"], champion_alias=f"champion-{promotion['scope']}",
+                       aliases=tuple(promotion["aliases"]), extractor=evaluation.extractor)
+    return report_run(_summary(validated, trained, evaluation, version, promotion, grid), report, grid)
+
+
+def _facts(config, validated, trained) -> tuple[tuple[str, str], ...]:
+    """The rows of the run's description above its metrics: preset, image, training."""
+    sizes = " → ".join(f"{h}×{w}" for h, w in trained.sizes)
+    return (("preset", config.preset), ("image", f"{validated.source} (sha256 `{validated.sha256[:12]}`)"),
+            ("training", f"{len(trained.sizes)} scales {sizes} in {trained.wall_s:.0f} s"))
 
 
 def _summary(validated, trained, evaluation, version, promotion, grid) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 
+from flows.artifacts import report_run
 from flows.params import TrainParams, takes
 from tasks.pipeline import (
     check_retrain,
@@ -16,7 +17,9 @@ from tasks.pipeline import (
     register_model,
     sample_grid,
     validate_data,
+    version_metrics,
 )
+from tasks.registry import RunReport
 from tasks.train import probe_speedup, train_model
 
 
@@ -32,7 +35,11 @@ def train_transsrgan(params: TrainParams) -> dict[str, Any]:
     gate = validate_data(config.data.source, config.data, config.model.resolution)
     decision = check_retrain(config, gate.fingerprint, params.force or point is not None)
     if not decision.train:
-        return _summary(gate, decision, champion=current_champion(name))
+        champion = current_champion(name)
+        metrics = version_metrics(name, decision.last_version) if decision.last_version else {}
+        report = RunReport(name, decision.last_run_id, decision.last_version, _facts(config, gate), metrics,
+                           None, champion, promoted=False, reason=decision.reason, skipped=True)
+        return report_run(_summary(gate, decision, champion=champion), report, grid=None)
 
     speed = probe_speedup(config, gate) if params.engine == "spark" and point is None else {}
     trained = train_model(config, gate, decision, params.out_dir, params.engine, resume=point, speed=speed)
@@ -41,8 +48,27 @@ def train_transsrgan(params: TrainParams) -> dict[str, Any]:
     promotion = promote_model(name, version, evaluation.primary_metric, config.eval.promotion_margin)
     grid = sample_grid(name, version, trained.run_id, trained.out_dir)
     mark_completed(trained.run_id)
-    return _summary(gate, decision, champion=promotion["champion_version"], trained=trained,
-                    evaluation=evaluation, version=version, promotion=promotion, grid=grid)
+    report = RunReport(name, trained.run_id, version, _facts(config, gate, trained, params.engine), evaluation.metrics,
+                       evaluation.primary_metric, promotion["champion_version"], promotion["promoted"],
+                       promotion["reason"], aliases=tuple(promotion["aliases"]), extractor=evaluation.extractor)
+    return report_run(_summary(gate, decision, champion=promotion["champion_version"], trained=trained,
+                               evaluation=evaluation, version=version, promotion=promotion, grid=grid), report, grid)
+
+
+def _facts(config, gate, trained=None, engine: str = "spark") -> tuple[tuple[str, str], ...]:
+    """The rows of the run's description above its metrics: preset, data, training, DFAGD speed-up."""
+    facts = [("preset", config.preset),
+             ("data", f"{config.data.source}: {gate.n_valid} valid, {gate.n_quarantined} quarantined "
+                      f"(fingerprint `{gate.fingerprint[:12]}`)")]
+    if trained:
+        sp = config.spark
+        where = f"DFAGD on `{sp.master}`, {sp.workers} workers" if engine == "spark" else "one process (local)"
+        facts.append(("training", f"{config.model.arch}, {trained.steps} steps in {trained.wall_s:.0f} s; {where}"))
+        t = trained.metrics
+        if "speedup_vs_1_worker" in t:
+            facts.append(("DFAGD speed-up", f"{t['speedup_vs_1_worker']:.2f}× vs 1 worker (efficiency "
+                                            f"{t.get('efficiency', float('nan')):.2f})"))
+    return tuple(facts)
 
 
 def _summary(gate, decision, champion, trained=None, evaluation=None, version=None, promotion=None,

@@ -16,6 +16,8 @@ from typing import Any
 import mlflow
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NOTE
+from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
@@ -29,7 +31,16 @@ from models.singan.image import SKIMAGE_PREFIX, load_bundled
 from tasks.data_gate import DataGateError, GateResult
 from tasks.evaluate import Evaluation, evaluate_generator, evaluate_singan
 from tasks.model_io import GENERATOR, SINGAN, load_generator, load_model, load_singan_model, write_samples
-from tasks.registry import image_tags, promote, register_version
+from tasks.registry import (
+    RunReport,
+    Version,
+    image_tags,
+    mlflow_links,
+    promote,
+    register_version,
+    run_markdown,
+    version_description,
+)
 from tasks.runs import ResumePoint, RetrainDecision, config_hash, decide_retrain, resume_point
 from tasks.tags import CHAMPION, COMPLETED, SAMPLES_DIR, TAG_PIPELINE, TAG_VERSION, image_slug
 from tasks.tracking import configure_tracking
@@ -310,3 +321,40 @@ def mark_completed(run_id: str) -> None:
     """The retrain check only trusts runs whose whole pipeline finished (registered and promoted)."""
     configure_tracking()
     MlflowClient().set_tag(run_id, TAG_PIPELINE, COMPLETED)
+
+
+@task(name="version-metrics", **IO_TASK)
+def version_metrics(model_name: str, version: str) -> dict[str, float]:
+    """The metrics a registered version was tagged with ({} when the version is gone)."""
+    configure_tracking()
+    try:
+        return Version.of(MlflowClient().get_model_version(model_name, version)).metrics()
+    except MlflowException:
+        return {}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDescription:
+    markdown: str                   # tasks.registry.run_markdown: the run's description, shared with Prefect
+    run_url: str | None             # the MLflow UI's pages on an http(s) tracking server, else None
+    version_url: str | None
+
+
+@task(name="describe", **IO_TASK)
+def describe_run(report: RunReport) -> RunDescription:
+    """The run's description (`mlflow.note.content`, shown on its MLflow page) and its model version's, in
+    markdown; a skipped run writes nothing and only renders the summary of the last completed run."""
+    configure_tracking()
+    client = MlflowClient()
+    experiment_id = None
+    if report.run_id:
+        try:
+            experiment_id = client.get_run(report.run_id).info.experiment_id
+        except MlflowException:       # a skipped run's last run may have been deleted since: ids, no links
+            pass
+    links = mlflow_links(mlflow.get_tracking_uri(), experiment_id, report.run_id, report.model_name, report.version)
+    markdown = run_markdown(report, links)
+    if not report.skipped:
+        client.set_tag(report.run_id, MLFLOW_RUN_NOTE, markdown[:MAX_TAG_VAL_LENGTH])   # a run tag's limit
+        client.update_model_version(report.model_name, report.version, description=version_description(report))
+    return RunDescription(markdown, links.run_url, links.version_url)

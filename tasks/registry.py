@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import mlflow
 from mlflow.entities.model_registry import ModelVersion
@@ -92,12 +93,15 @@ def image_tags(image: str, source: str, fingerprint: str, eval_size: tuple[int, 
 
 # ---------------------------------------------------------------- registration
 
-def ensure_registered_model(client: MlflowClient, name: str) -> None:
+def ensure_registered_model(client: MlflowClient, name: str, description: str | None = None) -> None:
+    """Create `name` if missing; `description` is written when the model has none (a human's edit wins)."""
     try:
-        client.create_registered_model(name)
+        client.create_registered_model(name, description=description)
     except MlflowException as exc:
         if exc.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
+        if description and not client.get_registered_model(name).description:
+            client.update_registered_model(name, description=description)
 
 
 def _logged_model_id(client: MlflowClient, run_id: str, name: str) -> str:
@@ -124,7 +128,7 @@ def register_version(run_id: str, model_name: str, metrics: dict[str, float], ex
     family = family or model_name
     client = MlflowClient()
     model_id = _logged_model_id(client, run_id, artifact or artifact_path(family))
-    ensure_registered_model(client, model_name)
+    ensure_registered_model(client, model_name, model_description(model_name, family))
     all_tags = {TAG_EXTRACTOR: extractor, TAG_FINGERPRINT: fingerprint, TAG_RUN: run_id, TAG_FAMILY: family,
                 **{f"{METRIC_TAG_PREFIX}{k}": repr(float(v)) for k, v in metrics.items()}, **(tags or {})}
     mv = client.create_model_version(model_name, f"models:/{model_id}", run_id=run_id, tags=all_tags,
@@ -148,6 +152,11 @@ class Version:
     def metric(self, name: str) -> float | None:
         value = self.tags.get(f"{METRIC_TAG_PREFIX}{name}")
         return float(value) if value is not None else None
+
+    def metrics(self) -> dict[str, float]:
+        """Every metric tag: {name: value}."""
+        n = len(METRIC_TAG_PREFIX)
+        return {k[n:]: float(v) for k, v in self.tags.items() if k.startswith(METRIC_TAG_PREFIX)}
 
 
 def _beats(a: float, b: float, lower: bool, margin: float) -> bool:
@@ -338,3 +347,132 @@ def promote(model_name: str, version: str, primary_metric: str, lower_is_better:
             aliases += policy.followers(scope)
     return PromotionDecision(version=version, champion_version=champion_version, promoted=promoted, reason=reason,
                              alias=alias, aliases=aliases, scope=scope)
+
+
+# ---------------------------------------------------------------- descriptions (markdown, shown by the UIs)
+
+_ABOUT = {
+    "transsrgan": "TransSRGAN: a Transformer over latent tokens with a PixelShuffle super-resolution upsampler and a "
+                  "CNN critic (WGAN-GP), trained with DFAGD on Spark. It maps noise z to images.",
+    "dcgan": "DCGAN: the convolutional baseline that TransSRGAN is measured against (same data, same pipeline). "
+             "It maps noise z to images.",
+    SINGAN: "SinGAN: a pyramid of small GANs trained on one image; it samples new images with that image's "
+            "textures and layout, at any size. One champion per training image (`champion-<image>`); `champion` "
+            "follows the image promoted last.",
+}
+
+
+def model_description(name: str, family: str | None = None) -> str:
+    """The registered model's description: what the model is and how to sample its champion."""
+    family = family or name
+    uri = f"models:/{name}@{CHAMPION}"
+    if family == SINGAN:
+        predict = ["import pandas as pd", f'model = mlflow.pyfunc.load_model("{uri}")',
+                   'images = model.predict(pd.DataFrame({"seed": [0, 1, 2]}))   # (3, C, H, W) in [-1, 1]']
+    else:
+        predict = ["import numpy as np", f'model = mlflow.pyfunc.load_model("{uri}")',
+                   "z = np.random.default_rng(0).standard_normal((16, z_dim), dtype=np.float32)  # the version's "
+                   "model.z_dim", "images = model.predict(z)   # (16, C, H, W) in [-1, 1]"]
+    return "\n".join([_ABOUT.get(family, f"{family}: an image generator."), "",
+                      "Promotion: every evaluated run becomes a version; it takes the champion alias only when its "
+                      "primary metric beats the champion's on the same data and feature extractor (else "
+                      "`challenger`). Each version's description gives its metrics and the reason.", "",
+                      "Sample the champion:", "", "```bash",
+                      f"transsrgan sample --model {uri} -n 64 --out {name}.png --seed 0", "```", "",
+                      "```python", "import mlflow", *predict, "```"])
+
+
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def metrics_table(metrics: dict[str, float], primary_metric: str | None) -> list[str]:
+    """A markdown table of the metrics, the primary one first and marked with its direction."""
+    def label(name: str) -> str:
+        if name != primary_metric:
+            return name
+        try:
+            sense = "lower" if lower_is_better(name) else "higher"
+        except ValueError:
+            return f"**{name}** (primary)"
+        return f"**{name}** (primary; {sense} is better)"
+
+    order = sorted(metrics, key=lambda k: (k != primary_metric, k))
+    return ["| metric | value |", "|---|---:|", *(f"| {label(k)} | {_fmt(metrics[k])} |" for k in order)]
+
+
+@dataclass(frozen=True)
+class RunReport:
+    """What one flow run did, for people: the run's MLflow description and its Prefect summary (one markdown)."""
+
+    model_name: str                            # the registered model
+    run_id: str | None                         # the MLflow run (a skipped run: the last completed one)
+    version: str | None                        # its registered version
+    facts: tuple[tuple[str, str], ...]         # (what, value) rows: preset, data, training, DFAGD speed-up, ...
+    metrics: dict[str, float]
+    primary_metric: str | None
+    champion_version: str | None               # after this run
+    promoted: bool
+    reason: str                                # the promotion reason, or why training was skipped
+    skipped: bool = False
+    champion_alias: str = CHAMPION
+    aliases: tuple[str, ...] = ()              # the aliases this run's version took
+    extractor: str | None = None               # the evaluation's feature extractor
+
+
+def version_description(report: RunReport) -> str:
+    """A model version's description: the promotion verdict and its reason, then the metrics."""
+    r, name = report, report.model_name
+    aliases = ", ".join(f"`@{a}`" for a in r.aliases)
+    return "\n".join([f"**{name} v{r.version}: {'champion' if r.promoted else 'challenger'}** ({aliases})", "",
+                      f"Promotion: {r.reason}.", "", *metrics_table(r.metrics, r.primary_metric), "",
+                      f"Features: `{r.extractor}`; run `{r.run_id}`. Sample it: `transsrgan sample --model "
+                      f"models:/{name}/{r.version} -n 64 --out {name}-v{r.version}.png`"])
+
+
+@dataclass(frozen=True)
+class MlflowLinks:
+    """Where to look in MLflow: UI URLs when the tracking URI is an http(s) server, else None (ids only)."""
+
+    run_url: str | None = None
+    version_url: str | None = None
+
+
+def mlflow_links(tracking_uri: str, experiment_id: str | None, run_id: str | None, model_name: str,
+                 version: str | None) -> MlflowLinks:
+    """The MLflow UI's pages of a run and a model version, on an http(s) tracking server (credentials dropped)."""
+    parts = urlsplit(tracking_uri)
+    if parts.scheme not in ("http", "https"):
+        return MlflowLinks()
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    base = urlunsplit(parts._replace(netloc=netloc, query="", fragment="")).rstrip("/")
+    run = f"{base}/#/experiments/{experiment_id}/runs/{run_id}" if run_id and experiment_id else None
+    ver = f"{base}/#/models/{quote(model_name)}/versions/{version}" if version else None
+    return MlflowLinks(run, ver)
+
+
+def run_markdown(report: RunReport, links: MlflowLinks) -> str:
+    """The one rendering of a flow run: the MLflow run description (`mlflow.note.content`) and, with a grid
+    added by flows.artifacts, the Prefect summary artifact."""
+    r, name = report, report.model_name
+    if r.skipped:
+        head = f"### {name}: training skipped"
+        verdict = f"**Skipped:** {r.reason}. Champion: v{r.champion_version or '-'}."
+    else:
+        head = f"### {name} v{r.version}: {'new champion' if r.promoted else 'challenger'}"
+        verdict = (f"**Champion decision:** v{r.version} {'takes' if r.promoted else 'does not take'} "
+                   f"`@{r.champion_alias}` (champion: v{r.champion_version}). {r.reason}.")
+    lines = [head, "", verdict, ""]
+    if r.facts:
+        lines += ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in r.facts), ""]
+    if r.metrics:
+        lines += [*metrics_table(r.metrics, r.primary_metric), ""]
+    run = f"[`{r.run_id}`]({links.run_url})" if links.run_url else f"`{r.run_id or '-'}`"
+    label = f"{name} v{r.version}" if r.version else "-"
+    ver = f"[{label}]({links.version_url})" if links.version_url else f"`{label}`"
+    browse = "" if links.run_url else " (browse with `make ui`)"
+    lines.append(f"**MLflow:** run {run}, model version {ver}{browse}.")
+    if r.version:
+        lines.append(f"Sample: `transsrgan sample --model models:/{name}/{r.version} -n 64 --out "
+                     f"{name}-v{r.version}.png`")
+    return "\n".join(lines)

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
+from test_artifacts import flow_run_artifacts, table_rows  # tests/ is on sys.path (pytest rootdir conftest)
 
 from models.data.digits import load_digits
 
@@ -52,11 +53,26 @@ def test_flow_trains_registers_promotes_then_skips_unchanged_data(harness, mlflo
     G = load_generator("models:/transsrgan@champion")      # what another process does to pull the champion
     assert G(torch.zeros(2, 32)).shape == (2, 1, 16, 16)
 
+    # One markdown: the run's MLflow description is the Prefect summary (which adds the grid); metrics stay tags.
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith("### transsrgan v1: new champion") and "first version: no champion yet" in note
+    assert "| preset | tiny |" in note and "| DFAGD speed-up |" in note and first["run_id"] in note
+    assert f"| **{first['primary_metric']}** (primary; " in note and first["mlflow_run_url"] is None   # SQLite
+    mv = client.get_model_version("transsrgan", "1")
+    assert "Promotion: first version: no champion yet." in mv.description and mv.tags[f"metric.{first['primary_metric']}"]
+    assert "mlflow.pyfunc.load_model(\"models:/transsrgan@champion\")" in client.get_registered_model("transsrgan").description
+    arts = flow_run_artifacts(first["flow_run_id"], "transsrgan-summary", "transsrgan-metrics")
+    assert arts["transsrgan-summary"].data.startswith(note) and "(data:image/png;base64," in arts["transsrgan-summary"].data
+    assert {r["metric"]: r["value"] for r in table_rows(arts["transsrgan-metrics"])} == pytest.approx(first["metrics"])
+
     # Same files, same config: the scheduled run skips training and says why.
     second = train_transsrgan(**params)
     assert second["skipped"] and second["run_id"] == first["run_id"] and second["version"] == "1"
     assert "unchanged" in second["reason"] and first["dataset_fingerprint"][:12] in second["reason"]
     assert second["champion_version"] == "1" and not second["champion_changed"]
+    arts = flow_run_artifacts(second["flow_run_id"], "transsrgan-summary", "transsrgan-metrics")
+    assert "training skipped" in arts["transsrgan-summary"].data and "unchanged" in arts["transsrgan-summary"].data
+    assert {r["metric"] for r in table_rows(arts["transsrgan-metrics"])} == set(first["metrics"])   # the last run's
 
     # New data: a new fingerprint, so it trains and registers version 2.
     write_digits(data, 8, start=96)

@@ -63,6 +63,21 @@ def test_register_version_tags_metrics_extractor_fingerprint(run_id):
     assert tags["run_id"] == run_id and tags["model_family"] == "t_tags"
 
 
+def test_the_registered_model_is_described_once_and_a_human_edit_is_kept(run_id):
+    from mlflow.tracking import MlflowClient
+
+    from tasks.registry import Version, model_description, register_version
+
+    client = MlflowClient()
+    v = register_version(run_id, "t_described", {"fid": 3.0}, "inception_v3", "fp1", family="transsrgan")
+    assert client.get_registered_model("t_described").description == model_description("t_described", "transsrgan")
+    assert "transsrgan sample --model models:/t_described@champion" in model_description("t_described")
+    assert Version.of(client.get_model_version("t_described", v)).metrics() == {"fid": 3.0}
+    client.update_registered_model("t_described", description="ours: do not touch")
+    register_version(run_id, "t_described", {"fid": 2.0}, "inception_v3", "fp1", family="transsrgan")
+    assert client.get_registered_model("t_described").description == "ours: do not touch"
+
+
 def test_register_rejects_a_run_without_that_model(run_id):
     from tasks.registry import register_version
 

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from test_artifacts import flow_run_artifacts, table_rows  # tests/ is on sys.path (pytest rootdir conftest)
 
 pytestmark = pytest.mark.slow
 
@@ -39,6 +40,15 @@ def test_flow_trains_registers_promotes_and_samples_the_champion(harness, mlflow
 
     mv = client.get_model_version_by_alias("singan", "champion")
     assert str(mv.version) == "1" and mv.tags["image"] == "hubble_deep_field"
+    # descriptions: the run's (= the Prefect summary, less the grid), the version's, the registered model's
+    note = run.data.tags["mlflow.note.content"]
+    assert note.startswith("### singan v1: new champion") and "`@champion-hubble_deep_field`" in note
+    assert "| image | skimage:hubble_deep_field" in note and f"| **{s['primary_metric']}** (primary; lower" in note
+    assert "Promotion: first version of image" in mv.description
+    assert "SinGAN" in client.get_registered_model("singan").description
+    arts = flow_run_artifacts(s["flow_run_id"], "singan-summary", "singan-metrics")
+    assert arts["singan-summary"].data.startswith(note) and "(data:image/png;base64," in arts["singan-summary"].data
+    assert {r["metric"]: r["value"] for r in table_rows(arts["singan-metrics"])} == pytest.approx(s["metrics"])
     assert mv.tags["image_fingerprint"] == s["image_fingerprint"] and mv.tags["model_family"] == "singan"
     assert client.get_model_version_by_alias("singan", "champion-hubble_deep_field").version == 1
 

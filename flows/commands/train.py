@@ -72,7 +72,6 @@ def _speed_line(t: dict) -> list[str]:
 def report(s: dict[str, Any], where: str) -> str:
     """The end of the output: what happened and where to look."""
     from models.metrics.evaluate import quality_summary
-    from tasks.tracking import configure_tracking
 
     lines = [""]
     if s["skipped"]:
@@ -87,18 +86,30 @@ def report(s: dict[str, Any], where: str) -> str:
                   f"champion:  version {s['champion_version']} "
                   f"({'changed' if s['champion_changed'] else 'unchanged'}: {s['promotion_reason']})",
                   *_speed_line(s["training"]),
-                  f"samples:   {s['grid']}",
                   f"checkpoint: {s['checkpoint']}"]
     lines += [f"data gate: {s['n_valid']} valid, {s['n_quarantined']} quarantined; reports in {s['validation_dir']}",
-              f"MLflow:    store {configure_tracking()}; compare runs with `make ui` (http://127.0.0.1:5000)",
-              f"Prefect:   {where}"]
+              *where_to_look(s, where)]
     return "\n".join(lines)
+
+
+def where_to_look(s: dict[str, Any], where: str) -> list[str]:
+    """The last lines: the MLflow run's page (or `make ui` and the run id), the Prefect flow run's page when a
+    Prefect server is running (else where the run was recorded), and the sample grid."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_UI_URL
+
+    from tasks.tracking import configure_tracking
+
+    if s.get("mlflow_run_url"):
+        mlflow = s["mlflow_run_url"]
+    else:
+        mlflow = f"run {s['run_id'] or '-'} in {configure_tracking()}; browse with `make ui` (http://127.0.0.1:5000)"
+    ui = PREFECT_UI_URL.value() if PREFECT_API_URL.value() else None
+    prefect = f"{ui.rstrip('/')}/runs/flow-run/{s['flow_run_id']}" if ui and s.get("flow_run_id") else where
+    return [f"MLflow:    {mlflow}", f"Prefect:   {prefect}", *([f"samples:   {s['grid']}"] if s.get("grid") else [])]
 
 
 def singan_report(s: dict[str, Any], where: str) -> str:
     """The end of the output: what happened and where to look."""
-    from tasks.tracking import configure_tracking
-
     metrics = ", ".join(f"{k} {v:.4g}" for k, v in sorted(s["metrics"].items()))
     sizes = " -> ".join(f"{h}x{w}" for h, w in s["sizes"])
     lines = ["",
@@ -111,10 +122,8 @@ def singan_report(s: dict[str, Any], where: str) -> str:
               f"champion:  {s['champion_alias']} is version {s['champion_version']} "
               f"({'changed' if s['champion_changed'] else 'unchanged'}: {s['promotion_reason']}); "
               f"`champion` -> version {s['champion_version']}",
-              f"samples:   {s['grid']}",
-              "           transsrgan sample --model models:/singan@champion -n 16 --out singan.png --seed 0",
               f"checkpoint: {s['checkpoint']}",
               f"data gate: image validated; reports in {s['validation_dir']}",
-              f"MLflow:    store {configure_tracking()}; experiment singan; `make ui` (http://127.0.0.1:5000)",
-              f"Prefect:   {where}"]
+              *where_to_look(s, where),
+              "           transsrgan sample --model models:/singan@champion -n 16 --out singan.png --seed 0"]
     return "\n".join(lines)
