@@ -24,6 +24,7 @@ def test_flow_trains_registers_promotes_then_skips_unchanged_data(harness, mlflo
     import torch
     from mlflow import MlflowClient
 
+    from chaos.tracking import image_steps
     from flows.train_transsrgan import train_transsrgan
     from tasks.model_io import load_generator
 
@@ -48,7 +49,11 @@ def test_flow_trains_registers_promotes_then_skips_unchanged_data(harness, mlflo
     # the speed-up probe ran as its own step: two measured timings, 2 workers and 1, are logged beside the ratios
     assert run.data.metrics["dfagd_s_per_iter"] > 0 and run.data.metrics["dfagd_1_worker_s_per_iter"] > 0
     top = {a.path for a in client.list_artifacts(first["run_id"])}
-    assert {"validation", "samples", "checkpoints"} <= top
+    assert {"validation", "samples", "checkpoints", "images"} <= top
+    assert image_steps(client, first["run_id"]) == [2, 4]       # grids over training: MLflow's image slider
+    inputs = {t.value: i.dataset for i in run.inputs.dataset_inputs for t in i.tags if t.key == "mlflow.data.context"}
+    assert (inputs["training"].name, inputs["training"].digest) == ("digits", first["dataset_fingerprint"][:36])
+    assert inputs["evaluation"].name == "digits-eval-32"       # evaluation's real subset, eval.n_samples images
     assert str(client.get_model_version_by_alias("transsrgan", "champion").version) == "1"
     G = load_generator("models:/transsrgan@champion")      # what another process does to pull the champion
     assert G(torch.zeros(2, 32)).shape == (2, 1, 16, 16)
