@@ -464,10 +464,10 @@ def run_markdown(report: RunReport, links: MlflowLinks) -> str:
                    f"`@{r.champion_alias}` (champion: v{r.champion_version}). {r.reason}.")
     lines = [head, "", verdict, ""]
     if r.facts:
-        lines += ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in r.facts), ""]
+        lines += ["| run | |", "|---|---|", *(f"| {k} | {v} |" for k, v in r.facts), ""]
     if r.metrics:
         lines += [*metrics_table(r.metrics, r.primary_metric), ""]
-    run = f"[`{r.run_id}`]({links.run_url})" if links.run_url else f"`{r.run_id or '-'}`"
+    run = f"[{r.run_id}]({links.run_url})" if links.run_url else f"`{r.run_id or '-'}`"
     label = f"{name} v{r.version}" if r.version else "-"
     ver = f"[{label}]({links.version_url})" if links.version_url else f"`{label}`"
     browse = "" if links.run_url else " (browse with `make ui`)"

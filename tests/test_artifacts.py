@@ -64,7 +64,7 @@ def test_mlflow_links_only_for_http_servers_and_without_credentials():
     assert links == MlflowLinks("https://mlflow.example:5000/#/experiments/7/runs/r123",
                                 "https://mlflow.example:5000/#/models/transsrgan/versions/3")
     md = run_markdown(_report(), links)
-    assert "[`r123`](https://mlflow.example:5000/#/experiments/7/runs/r123)" in md and "secret" not in md
+    assert "[r123](https://mlflow.example:5000/#/experiments/7/runs/r123)" in md and "secret" not in md
     assert "[transsrgan v3](https://mlflow.example:5000/#/models/transsrgan/versions/3)" in md
     assert mlflow_links("sqlite:////tmp/mlflow.db", "7", "r123", "transsrgan", "3") == MlflowLinks()
     assert mlflow_links("http://127.0.0.1:5000", None, None, "transsrgan", None) == MlflowLinks()
