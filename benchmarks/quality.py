@@ -1,21 +1,22 @@
-"""`transsrgan bench quality`: TransSRGAN against the DCGAN baseline at equal wall-clock training budget.
+"""`transsrgan bench quality`: TransSRGAN against two DCGANs at equal wall-clock budget, over several seeds.
 
-Both models train through the same trainer (DFAGD on config.spark by default, or the reference trainer with
-engine="local" and as many torch threads as DFAGD uses cores), on the same data, resolution, global batch,
-discriminator, loss and optimiser settings: only model.arch (the generator) differs. Each gets `minutes` of
-training, in round-robin slices (A, B, A, B, ...) so both see the same background load; each slice's clock
-starts at the trainer's first should_stop() call, i.e. after Spark's workers are up, so start-up costs count
-for neither. A few EMA-generator snapshots are taken during the budget and evaluated afterwards (cheap n,
-KID/PRDC only: no 2048x2048 sqrtm) for the metric curves over time; the final generators are evaluated with
-models.metrics.evaluate_images on the same n against the same fixed real subset. Returns the `bench quality`
-JSON dict (plus details); the caller logs to MLflow.
+The models: TransSRGAN, the project's DCGAN (model.dcgan_channels as configured) and a cost-matched DCGAN whose
+generator has TransSRGAN's parameter count within 10 % (matched_dcgan_channels). All train through the same
+trainer (DFAGD on config.spark by default, or the reference trainer with engine="local" and as many torch threads
+as DFAGD uses cores), on the same data, resolution, global batch, discriminator, loss and optimiser settings:
+only the generator differs. Each gets `minutes` of training per training seed, in round-robin slices (A, B, C,
+A, B, C, ...) so the models of a seed see the same background load; each slice's clock starts at the trainer's
+first should_stop() call, i.e. after Spark's workers are up, so start-up costs count for none. A few EMA
+snapshots per run are evaluated afterwards on a cheap n (KID/PRDC and the domain's metrics; no 2048x2048 sqrtm)
+for the curves; the final generators with models.metrics.evaluate_images on the same n against the same fixed
+real subset, with floors and, on the digits, the digit metrics. benchmarks.quality_report turns the runs into
+mean and sd per metric, the verdicts, the Markdown table and the figure; the caller logs to MLflow.
 """
 
 import copy
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -25,19 +26,17 @@ from torch import nn
 from models import count_params
 from models.config import Config, EvalConfig, resolve_config
 from models.data import ImageSet, load_dataset
-from models.files import atomic_path
 from models.grid import sample, to_uint8
 from models.metrics import EvalResult, evaluate_images
-from models.metrics.evaluate import real_subset
+from models.metrics.evaluate import real_subset, real_subsets  # noqa: F401 - real_subset: callers' one import
 from models.step import GANState, build_state
 from models.trainer import LocalGradSource, train
 
-MODELS = ("transsrgan", "dcgan")
+MODELS = ("transsrgan", "dcgan", "dcgan_matched")   # dcgan: the project's DCGAN; _matched: TransSRGAN's param count
 ENGINES = ("spark", "local")
 SAMPLE_SEED = 0           # noise seed of every evaluated / plotted sample
 CURVE_METRICS = ("kid", "prdc")   # unbiased KID needs no sqrtm: cheap enough for several points per model
-# Metrics the verdict is judged on (base names; public names carry the extractor without standard weights).
-TARGET = {"fid": "lower", "kid": "lower", "recall": "no_worse", "coverage": "no_worse"}
+PARAM_TOLERANCE = 0.10    # the matched DCGAN's generator has TransSRGAN's parameter count within this fraction
 Clock = Callable[[], float]       # seconds, monotonic (time.perf_counter; tests pass a fake one)
 
 
@@ -64,10 +63,45 @@ class TrainedModel:
 
 
 def quality_configs(preset: str = "quality32", overrides: dict[str, Any] | None = None) -> dict[str, Config]:
-    """{'transsrgan': cfg, 'dcgan': cfg}: one resolved config with only model.arch differing."""
+    """{'transsrgan', 'dcgan', 'dcgan_matched'}: one resolved config; only model.arch differs, and for
+    dcgan_matched also model.dcgan_channels (matched_dcgan_channels)."""
     over = {"train.steps": 10**9, "train.sample_every": 0, "train.checkpoint_every": 0, **(overrides or {})}
     over.pop("model.arch", None)
-    return {name: resolve_config(preset, {**over, "model.arch": name}) for name in MODELS}
+    configs = {name: resolve_config(preset, {**over, "model.arch": name}) for name in MODELS[:2]}
+    configs["dcgan_matched"] = configs["dcgan"].updated(
+        {"model.dcgan_channels": matched_dcgan_channels(configs["transsrgan"])})
+    return configs
+
+
+def generator_params(model_cfg) -> int:
+    """Parameter count of the generator model_cfg describes, built on the meta device (no memory, no init)."""
+    from models.dcgan import DCGANGenerator
+    from models.transsrgan import TransSRGenerator
+
+    with torch.device("meta"):
+        return count_params({"transsrgan": TransSRGenerator, "dcgan": DCGANGenerator}[model_cfg.arch](model_cfg))
+
+
+def matched_dcgan_channels(config: Config) -> int:
+    """The model.dcgan_channels whose DCGAN generator's parameter count is nearest to the TransSRGAN generator of
+    `config` (a ValueError if even that is more than PARAM_TOLERANCE away)."""
+    target = generator_params(config.model.model_copy(update={"arch": "transsrgan"}))
+    dcgan = config.model.model_copy(update={"arch": "dcgan"})
+    lo, hi = 1, 1
+    while generator_params(dcgan.model_copy(update={"dcgan_channels": hi})) < target:   # the count grows with width
+        lo, hi = hi, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if generator_params(dcgan.model_copy(update={"dcgan_channels": mid})) < target:
+            lo = mid
+        else:
+            hi = mid
+    best = min((lo, hi), key=lambda c: abs(generator_params(dcgan.model_copy(update={"dcgan_channels": c})) - target))
+    got = generator_params(dcgan.model_copy(update={"dcgan_channels": best}))
+    if abs(got - target) > PARAM_TOLERANCE * target:
+        raise ValueError(f"model.dcgan_channels: no width gives a DCGAN generator within {PARAM_TOLERANCE:.0%} of "
+                         f"TransSRGAN's {target:,} parameters (nearest: {best} channels, {got:,})")
+    return best
 
 
 def generated(G: nn.Module, n: int, config: Config) -> np.ndarray:
@@ -145,94 +179,111 @@ def advance(run: TrainedModel, until_s: float, data: ImageSet, *, engine: str = 
 
 
 def evaluate_run(run: TrainedModel, real: np.ndarray, eval_cfg: EvalConfig, *, fingerprint: str | None,
-                 curve_n: int) -> tuple[EvalResult, list[dict[str, float]]]:
-    """The final EMA generator on eval_cfg.n_samples; the snapshots on curve_n (KID and PRDC only)."""
+                 curve_n: int, floor_real: np.ndarray | None = None,
+                 domain: str | None = None) -> tuple[EvalResult, list[dict[str, float]]]:
+    """The final EMA generator on eval_cfg.n_samples (with floors, and the domain's metrics); the curve: every
+    snapshot and the final generator again, all on curve_n, so that every point of a curve is measured at the
+    same n (KID and PRDC of eval.metrics, or eval.metrics if it has neither; and the domain's)."""
     final = evaluate_images(generated(run.state.G_ema, eval_cfg.n_samples, run.config), real, config=eval_cfg,
-                            fingerprint=fingerprint, seed=SAMPLE_SEED)
+                            fingerprint=fingerprint, seed=SAMPLE_SEED, floor_real=floor_real, domain=domain)
     curve: list[dict[str, float]] = []
-    cheap = EvalConfig(**{**eval_cfg.to_dict(), "metrics": CURVE_METRICS, "n_samples": curve_n})
-    for t, step, G in run.snapshots:
+    cheap_metrics = tuple(m for m in eval_cfg.metrics if m in CURVE_METRICS) or eval_cfg.metrics
+    cheap = EvalConfig(**{**eval_cfg.to_dict(), "metrics": cheap_metrics, "n_samples": curve_n})
+    for t, step, G in [*run.snapshots, (run.train_s, run.iterations, run.state.G_ema)]:
         res = evaluate_images(generated(G, curve_n, run.config), real, config=cheap, fingerprint=fingerprint,
-                              seed=SAMPLE_SEED)
-        curve.append({"t_s": round(t, 2), "step": step, "n": curve_n, **res.metrics})
-    curve.append({"t_s": round(run.train_s, 2), "step": run.iterations, "n": eval_cfg.n_samples,
-                  **{k: v for k, v in final.metrics.items()}})
+                              seed=SAMPLE_SEED, domain=domain)
+        curve.append({"t_s": round(t, 2), "step": step, "n": curve_n,
+                      **{k: v for k, v in res.metrics.items() if k in res.higher_is_better}})
     return final, curve
 
 
-def verdict(metrics: dict[str, dict[str, float]], standard_weights: bool) -> dict[str, Any]:
-    """Per target metric: which model is better, and whether TransSRGAN meets the target overall (better on the
-    Frechet distance and KID, no worse on recall and coverage)."""
-    from models.metrics.registry import public_name
-
-    out: dict[str, Any] = {}
-    met = True
-    for base, rule in TARGET.items():
-        key = public_name(base, standard_weights)
-        t, d = metrics["transsrgan"].get(key), metrics["dcgan"].get(key)
-        if t is None or d is None:
-            out[key] = "missing"
-            met = False
-            continue
-        t_better = t < d if rule == "lower" else t > d
-        out[key] = "transsrgan" if t_better else ("tie" if t == d else "dcgan")
-        met &= t_better if rule == "lower" else t >= d
-    out["target_met"] = met
-    return out
-
-
 def bench_quality(configs: dict[str, Config], minutes: float, data: ImageSet, *, data_name: str,
-                  engine: str = "spark", fingerprint: str | None = None, curve_points: int = 2, curve_n: int = 64,
-                  slices: int = 0, print_fn: Callable[[str], None] | None = print, clock: Clock = time.perf_counter
-                  ) -> tuple[dict[str, Any], dict[str, TrainedModel]]:
-    """Train every config for `minutes`, evaluate all on the same n; returns (the JSON dict, runs).
+                  engine: str = "spark", fingerprint: str | None = None, seeds: int = 3, domain: str | None = None,
+                  curve_points: int = 2, curve_n: int = 64, slices: int = 0,
+                  print_fn: Callable[[str], None] | None = print, clock: Clock = time.perf_counter
+                  ) -> tuple[dict[str, Any], dict[str, list[TrainedModel]]]:
+    """Train every config for `minutes` once per training seed (train.seed, +1, ... `seeds` in all), evaluate all
+    on the same n; returns (the JSON dict, {model: [one run per seed]}).
 
-    slices: the budget is trained in this many round-robin slices per model (default: one per minute), so that
-    both models see the same background load on a shared machine; DFAGD's worker start-up per slice is not
-    counted in the budget.
+    domain: the data's domain (e.g. "digits", tasks.evaluate.data_domain) whose metrics also run; on the digits
+    fd_digits is the primary metric. slices: the budget is trained in this many round-robin slices per model
+    (default: one per minute), so that the models of a seed see the same background load on a shared machine;
+    DFAGD's worker start-up per slice is not counted in the budget.
     """
+    from benchmarks.quality_report import summarise, target, target_rules, verdict
+
     say = print_fn or (lambda _m: None)
     first = next(iter(configs.values()))
     ev = first.eval
     for name, cfg in configs.items():
-        if (cfg.model.resolution, cfg.model.channels, cfg.train.batch_size, cfg.eval) != \
-                (first.model.resolution, first.model.channels, first.train.batch_size, ev):
-            raise ValueError(f"{name}: resolution, channels, global batch and eval settings must equal the others'")
+        if (cfg.model.resolution, cfg.model.channels, cfg.train.batch_size, cfg.train.seed, cfg.eval) != \
+                (first.model.resolution, first.model.channels, first.train.batch_size, first.train.seed, ev):
+            raise ValueError(f"{name}: resolution, channels, global batch, seed and eval settings must equal the "
+                             "others'")
+    if seeds < 1:
+        raise ValueError(f"seeds: expected >= 1, got {seeds}")
     if curve_points and curve_n <= ev.prdc_k:
         raise ValueError(f"curve_n: expected > eval.prdc_k ({ev.prdc_k}), got {curve_n}")
-    real = real_subset(data.images, ev.n_samples)
+    real, floor_real = real_subsets(data.images, ev.n_samples)
     if len(real) < ev.n_samples:
         raise ValueError(f"n: {ev.n_samples} real images requested, the data has only {len(real)}")
     budget_s = minutes * 60.0
     slices = slices or max(1, round(minutes))
-    say(f"bench quality: {', '.join(configs)} for {minutes:g} min each on {len(data)} images "
+    train_seeds = [first.train.seed + i for i in range(seeds)]
+    say(f"bench quality: {', '.join(configs)} for {minutes:g} min each x {seeds} seed(s) on {len(data)} images "
         f"({first.model.resolution}px, {first.model.channels} ch), global batch {first.train.batch_size}, "
         f"engine {engine}" + (f" ({first.spark.workers} workers on {first.spark.master})" if engine == "spark" else ""))
-    runs = {name: start_run(cfg, budget_s, curve_points) for name, cfg in configs.items()}
+    runs: dict[str, list[TrainedModel]] = {name: [] for name in configs}
+
+    def train_all(spark) -> None:
+        for seed in train_seeds:
+            group = {name: start_run(cfg.updated({"train.seed": seed}), budget_s, curve_points)
+                     for name, cfg in configs.items()}
+            say(f"  seed {seed}")
+            interleave(group, budget_s, slices, data, engine, spark, print_fn, say, clock=clock)
+            for name, run in group.items():
+                runs[name].append(run)
+
     if engine == "spark":
         from spark_training.session import spark_session
 
         with spark_session(first.spark, "transsrgan-bench-quality") as spark:
-            interleave(runs, budget_s, slices, data, engine, spark, print_fn, say, clock=clock)
+            train_all(spark)
     else:
-        interleave(runs, budget_s, slices, data, engine, None, print_fn, say, clock=clock)
+        train_all(None)
     models: dict[str, Any] = {}
-    results: dict[str, EvalResult] = {}
-    for name, run in runs.items():
-        say(f"  evaluating {name} on n={ev.n_samples} (+{len(run.snapshots)} curve points on n={curve_n}) ...")
-        results[name], curve = evaluate_run(run, real, ev, fingerprint=fingerprint, curve_n=curve_n)
-        models[name] = {"iterations": run.iterations, "params": count_params(run.state.G),
-                        "params_d": count_params(run.state.D), "images_per_s": round(run.images_per_s, 3),
-                        "s_per_iter": round(run.train_s / max(run.iterations, 1), 4),
-                        "train_s": round(run.train_s, 2), "metrics": results[name].metrics, "curve": curve}
-    any_result = next(iter(results.values()))
-    result = {"data": data_name, "minutes": minutes, "primary_metric": any_result.primary_metric_name,
-              "models": models, "n": ev.n_samples, "curve_n": curve_n, "engine": engine,
-              "workers": first.spark.workers, "master": first.spark.master if engine == "spark" else "local",
-              "preset": first.preset, "resolution": first.model.resolution, "channels": first.model.channels,
+    any_result: EvalResult | None = None
+    for name, seed_runs in runs.items():
+        records = []
+        for run in seed_runs:
+            say(f"  evaluating {name} seed {run.config.train.seed} on n={ev.n_samples} "
+                f"(+{len(run.snapshots) + 1} curve points on n={curve_n}) ...")
+            any_result, curve = evaluate_run(run, real, ev, fingerprint=fingerprint, curve_n=curve_n,
+                                             floor_real=floor_real, domain=domain)
+            records.append({"seed": run.config.train.seed, "iterations": run.iterations,
+                            "train_s": round(run.train_s, 2), "s_per_iter": round(run.train_s / max(run.iterations, 1), 4),
+                            "images_per_s": round(run.images_per_s, 3), "metrics": any_result.metrics, "curve": curve})
+        state = seed_runs[0].state
+        models[name] = {"params": count_params(state.G), "params_d": count_params(state.D),
+                        "dcgan_channels": seed_runs[0].config.model.dcgan_channels if name != "transsrgan" else None,
+                        **{k: summarise([r[k] for r in records]) for k in ("iterations", "train_s", "s_per_iter",
+                                                                            "images_per_s")},
+                        "metrics": {k: summarise([r["metrics"][k] for r in records]) for k in records[0]["metrics"]},
+                        "runs": records}
+    assert any_result is not None
+    hib = any_result.higher_is_better
+    verdicts = verdict({k: v["metrics"] for k, v in models.items()}, hib)
+    rules = target_rules(domain, any_result.standard_weights)
+    result = {"data": data_name, "minutes": minutes, "seeds": train_seeds, "domain": domain,
+              "primary_metric": any_result.primary_metric_name, "models": models, "n": ev.n_samples,
+              "curve_n": curve_n, "engine": engine, "workers": first.spark.workers,
+              "master": first.spark.master if engine == "spark" else "local", "preset": first.preset,
+              "resolution": first.model.resolution, "channels": first.model.channels,
               "global_batch": first.train.batch_size, "feature_extractor": any_result.extractor, "slices": slices,
-              "higher_is_better": any_result.higher_is_better,
-              "verdict": verdict({k: v["metrics"] for k, v in models.items()}, any_result.standard_weights)}
+              "higher_is_better": hib, "verdict": verdicts, "target_rules": rules,
+              "target": {pair: target(v, rules) for pair, v in verdicts.items()}}
+    if "transsrgan" in models and "dcgan_matched" in models:
+        result["param_ratio_matched"] = round(models["dcgan_matched"]["params"] / models["transsrgan"]["params"], 4)
     return result, runs
 
 
@@ -251,77 +302,3 @@ def interleave(runs: dict[str, TrainedModel], budget_s: float, slices: int, data
 
 def load_data(config: Config) -> ImageSet:
     return load_dataset(config.data.source, config.model.resolution, config.model.channels, config.data.limit)
-
-
-PARAM_ROWS = (("generator params", "params", "{:,}"), ("discriminator params", "params_d", "{:,}"),
-              ("iterations (G updates)", "iterations", "{:,}"), ("train seconds", "train_s", "{:.0f}"),
-              ("s/iter", "s_per_iter", "{:.3f}"), ("images/s", "images_per_s", "{:.1f}"))
-
-
-def markdown(result: dict[str, Any]) -> str:
-    """Side-by-side table: metrics (best in bold), parameters, iterations, throughput; then the verdict."""
-    names = list(result["models"])
-    hib = result.get("higher_is_better", {})
-    lines = [f"### Quality at equal budget: {result['minutes']:g} min each on `{result['data']}` "
-             f"({result['resolution']}px, preset `{result['preset']}`, engine {result['engine']}, "
-             f"{result['workers']} workers, global batch {result['global_batch']}, n = {result['n']})", "",
-             "| | " + " | ".join(names) + " | better |", "|---|" + "---:|" * len(names) + "---|"]
-    keys = list(result["models"][names[0]]["metrics"])
-    for k in keys:
-        vals = [result["models"][m]["metrics"].get(k) for m in names]
-        best = (max if hib.get(k, False) else min)(v for v in vals if v is not None)
-        cells = [("**{:.4g}**" if v == best else "{:.4g}").format(v) if v is not None else "-" for v in vals]
-        mark = " (primary)" if k == result["primary_metric"] else ""
-        lines.append(f"| {k}{mark} | " + " | ".join(cells) + f" | {'higher' if hib.get(k, False) else 'lower'} |")
-    for label, key, fmt in PARAM_ROWS:
-        lines.append(f"| {label} | " + " | ".join(fmt.format(result["models"][m][key]) for m in names) + " | |")
-    v = result.get("verdict", {})
-    lines += ["", f"Feature extractor: `{result['feature_extractor']}`. Target: TransSRGAN better on the Frechet "
-              f"distance and KID, no worse on recall and coverage: **{'met' if v.get('target_met') else 'not met'}**."]
-    lines += [f"- {k}: {w}" for k, w in v.items() if k != "target_met"]
-    return "\n".join(lines) + "\n"
-
-
-def save_figure(result: dict[str, Any], runs: dict[str, TrainedModel], real: np.ndarray, path: str | Path,
-                grid_n: int = 64) -> Path:
-    """Real grid next to each model's final samples (fixed noise); below, KID and loss_d against training time."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from models.grid import make_grid
-
-    path = Path(path)
-    cols = 1 + len(runs)
-    fig = Figure(figsize=(4.2 * cols, 8.4), dpi=100)
-    FigureCanvasAgg(fig)
-    top = fig.subplots(2, cols)
-    shown = np.random.default_rng(0).permutation(len(real))[:grid_n]     # data may be sorted by label: shuffle
-    spread = real[shown]
-    panels = [("real", spread)] + [(f"{n} ({result['models'][n]['iterations']} it)",
-                                           generated(r.state.G_ema, grid_n, r.config)) for n, r in runs.items()]
-    for ax, (title, images) in zip(top[0], panels):
-        g = make_grid(np.ascontiguousarray(images.transpose(0, 2, 3, 1)))
-        g = g[..., 0] if g.shape[-1] == 1 else g
-        ax.imshow(g, cmap="gray" if g.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
-        ax.set_title(title)
-        ax.axis("off")
-    kd = next((k for k in result["higher_is_better"] if k in ("kid", "kd_inception_random")), None)
-    ax_m, ax_l = top[1][0], top[1][1]
-    for name in runs:
-        curve = result["models"][name]["curve"]
-        if kd:
-            ax_m.plot([c["t_s"] for c in curve if kd in c], [c[kd] for c in curve if kd in c], "o-", label=name)
-        lt = runs[name].log_times
-        ax_l.plot([t for t, _ in lt], [m.get("loss_d", np.nan) for _, m in lt], lw=1, label=name)
-    ax_m.set_title(f"{kd or 'kid'} (EMA G) vs training time")
-    ax_l.set_title("loss_d vs training time")
-    for ax in (ax_m, ax_l):
-        ax.set_xlabel("seconds")
-        ax.grid(alpha=0.3)
-        ax.legend()
-    for ax in top[1][2:]:
-        ax.axis("off")
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return path

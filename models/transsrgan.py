@@ -8,10 +8,16 @@ from torch import nn
 from models.config import ModelConfig
 
 
+def norm_groups(channels: int, most: int = 8) -> int:
+    """The largest divisor of `channels` up to `most`: 8 for every multiple of 8 and `channels` below 8 (as
+    min(8, channels) always gave), and a divisor rather than an error for other widths (e.g. a cost-matched DCGAN)."""
+    return max(g for g in range(1, min(most, channels) + 1) if channels % g == 0)
+
+
 def make_norm(kind: str, channels: int) -> nn.Module:
     """Per-sample norms only: batch statistics would make a sharded batch differ from the whole one."""
     if kind == "group":
-        return nn.GroupNorm(min(8, channels), channels)
+        return nn.GroupNorm(norm_groups(channels), channels)
     if kind == "instance":
         return nn.GroupNorm(channels, channels)
     return nn.Identity()

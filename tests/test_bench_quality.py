@@ -6,19 +6,22 @@ import pytest
 
 from benchmarks.quality import (
     MODELS,
+    PARAM_TOLERANCE,
+    bench_quality,
+    generator_params,
     interleave,
-    markdown,
     quality_configs,
     real_subset,
     start_run,
     train_for_budget,
-    verdict,
 )
+from benchmarks.quality_report import compare, markdown, summarise, target, target_rules, verdict
 from flows.cli import main
 from models.config import resolve_config
 from models.data import load_dataset
 
-TINY = {"data.limit": 256, "eval.n_samples": 8, "eval.kid_subsets": 10}
+TINY = {"data.limit": 256, "eval.n_samples": 8, "eval.kid_subsets": 10,
+        "train.threads": 1}   # one torch thread: on a busy 2-core machine two spin-wait, 10x slower
 
 
 class Ticks:
@@ -35,10 +38,25 @@ class Ticks:
 
 def test_configs_differ_only_in_the_generator():
     cfgs = quality_configs("quality32")
-    assert list(cfgs) == list(MODELS)
-    a, b = cfgs["transsrgan"].to_dict(), cfgs["dcgan"].to_dict()
-    assert a["model"].pop("arch") == "transsrgan" and b["model"].pop("arch") == "dcgan"
-    assert a == b
+    assert list(cfgs) == list(MODELS) == ["transsrgan", "dcgan", "dcgan_matched"]
+    a, b, c = (cfgs[m].to_dict() for m in MODELS)
+    assert a["model"].pop("arch") == "transsrgan" and b["model"].pop("arch") == c["model"].pop("arch") == "dcgan"
+    assert b["model"]["dcgan_channels"] == 256 and c["model"].pop("dcgan_channels") != 256
+    b["model"].pop("dcgan_channels")
+    a["model"].pop("dcgan_channels")
+    assert a == b == c
+
+
+@pytest.mark.parametrize("preset", ["tiny", "quality32", "demo", "rgb64"])
+def test_matched_dcgan_has_transsrgans_generator_parameter_count(preset):
+    from models import build_generator, count_params
+
+    cfgs = quality_configs(preset)
+    t = count_params(build_generator(cfgs["transsrgan"].model))          # a real build, not the meta count
+    m = count_params(build_generator(cfgs["dcgan_matched"].model))
+    assert generator_params(cfgs["dcgan_matched"].model) == m
+    assert abs(m - t) <= PARAM_TOLERANCE * t, (preset, t, m)
+    assert abs(count_params(build_generator(cfgs["dcgan"].model)) - t) > PARAM_TOLERANCE * t or preset == "tiny"
 
 
 @pytest.mark.parametrize("preset", ["quality32", "rgb64"])
@@ -51,6 +69,7 @@ def test_new_presets_resolve(preset):
 def test_both_models_train_for_the_same_budget():
     # only the stop checks read the clock (no log lines): one reading per iteration, 0.125 s each
     cfgs = quality_configs("tiny", {**TINY, "train.log_every": 0})
+    cfgs.pop("dcgan_matched")                 # two models show the interleaving as well as three
     data = load_dataset("digits", 16, 1, 256)
     budget = 3.0
     runs = {n: start_run(c, budget, snapshots=2) for n, c in cfgs.items()}
@@ -90,24 +109,70 @@ def test_real_subset_is_fixed_and_matches_tasks_evaluate():
     assert (real_subset(data.images, 40) == real_images("digits", 40, 16, 1)).all()
 
 
-def test_verdict_and_markdown():
-    m = {"transsrgan": {"fd_inception_random": 1.0, "kd_inception_random": 0.01, "recall_inception_random": 0.5,
-                        "coverage_inception_random": 0.4},
-         "dcgan": {"fd_inception_random": 2.0, "kd_inception_random": 0.02, "recall_inception_random": 0.5,
-                   "coverage_inception_random": 0.5}}
-    v = verdict(m, standard_weights=False)
-    assert v["fd_inception_random"] == "transsrgan" and v["recall_inception_random"] == "tie"
-    assert v["coverage_inception_random"] == "dcgan" and v["target_met"] is False
-    m["transsrgan"]["coverage_inception_random"] = 0.6
-    assert verdict(m, standard_weights=False)["target_met"] is True
-    result = {"data": "digits", "minutes": 1, "primary_metric": "fd_inception_random", "n": 8, "resolution": 16,
-              "preset": "tiny", "engine": "local", "workers": 2, "global_batch": 16, "feature_extractor": "x",
-              "higher_is_better": {"fd_inception_random": False, "recall_inception_random": True},
-              "verdict": v, "models": {k: {"metrics": m[k], "params": 1, "params_d": 2, "iterations": 3,
-                                          "train_s": 60.0, "s_per_iter": 20.0, "images_per_s": 0.8} for k in m}}
+def test_verdict_rule_with_hand_made_numbers():
+    # pooled sd = sqrt((0.3^2 + 0.4^2) / 2) = 0.3536: "better" needs the means more than 0.7071 apart
+    a, b = {"mean": 1.0, "sd": 0.3}, {"mean": 1.8, "sd": 0.4}
+    assert compare(a, b, higher_is_better=False) == "better"        # lower is better, 0.8 > 0.707
+    assert compare(a, b, higher_is_better=True) == "worse"
+    assert compare(a, {"mean": 1.7, "sd": 0.4}, higher_is_better=False) == "tie"     # 0.7 < 0.707
+    assert compare({"mean": 0.5, "sd": 0.0}, {"mean": 0.5, "sd": 0.0}, True) == "tie"
+    assert compare({"mean": 0.51, "sd": 0.0}, {"mean": 0.5, "sd": 0.0}, True) == "better"   # one seed: the sign
+    assert summarise([1.0, 2.0, 3.0]) == {"mean": 2.0, "sd": 1.0} and summarise([4.0]) == {"mean": 4.0, "sd": 0.0}
+
+    hib = {"fd_digits": False, "kd_digits": False, "recall_inception_random": True, "coverage_inception_random": True}
+    stats = {"transsrgan": {"fd_digits": {"mean": 10.0, "sd": 1.0}, "kd_digits": {"mean": 1.0, "sd": 0.1},
+                            "recall_inception_random": {"mean": 0.5, "sd": 0.05},
+                            "coverage_inception_random": {"mean": 0.6, "sd": 0.05}},
+             "dcgan": {"fd_digits": {"mean": 20.0, "sd": 1.0}, "kd_digits": {"mean": 2.0, "sd": 0.1},
+                       "recall_inception_random": {"mean": 0.55, "sd": 0.05},
+                       "coverage_inception_random": {"mean": 0.3, "sd": 0.05}},
+             "dcgan_matched": {"fd_digits": {"mean": 11.0, "sd": 1.0}, "kd_digits": {"mean": 3.0, "sd": 0.1},
+                               "recall_inception_random": {"mean": 0.8, "sd": 0.05},
+                               "coverage_inception_random": {"mean": 0.6, "sd": 0.05}}}
+    v = verdict(stats, hib)
+    assert v == {"transsrgan_vs_dcgan": {"fd_digits": "better", "kd_digits": "better",
+                                         "recall_inception_random": "tie", "coverage_inception_random": "better"},
+                 "transsrgan_vs_dcgan_matched": {"fd_digits": "tie", "kd_digits": "better",
+                                                 "recall_inception_random": "worse",
+                                                 "coverage_inception_random": "tie"}}
+    rules = target_rules("digits", standard_weights=False)
+    assert rules == {"fd_digits": "better", "kd_digits": "better", "recall_inception_random": "not worse",
+                     "coverage_inception_random": "not worse"}
+    assert target(v["transsrgan_vs_dcgan"], rules) and not target(v["transsrgan_vs_dcgan_matched"], rules)
+    assert set(target_rules(None, standard_weights=True)) == {"fid", "kid", "recall", "coverage"}
+
+
+def test_bench_json_shape_over_seeds_and_markdown():
+    """Three models x two seeds at a budget of three clock readings each: the JSON's keys, mean and sd over the
+    seeds' own runs, a verdict for both pairs, every curve point at one n."""
+    # an images-only metric: no Inception forward pass, so the test takes seconds (the slow test runs them all)
+    over = {**TINY, "train.log_every": 0, "eval.metrics": ["msssim_diversity"], "eval.diversity_pairs": 8,
+            "eval.allow_random_features": True}
+    cfgs = quality_configs("tiny", over)
+    data = load_dataset("digits", 16, 1, 256)
+    result, runs = bench_quality(cfgs, 1.0 / 60, data, data_name="digits", engine="local", seeds=2, curve_points=1,
+                                 curve_n=8, print_fn=None, clock=Ticks(0.5))
+    assert result["seeds"] == [0, 1] and set(result["models"]) == set(MODELS)
+    assert {len(r) for r in runs.values()} == {2}
+    for name, m in result["models"].items():
+        assert [r["seed"] for r in m["runs"]] == [0, 1]
+        for k, stat in m["metrics"].items():
+            assert set(stat) == {"mean", "sd"}
+            vals = [r["metrics"][k] for r in m["runs"]]
+            assert stat["mean"] == pytest.approx(sum(vals) / 2) and stat["sd"] == pytest.approx(abs(vals[0] - vals[1]) / 2 ** 0.5)
+        assert list(m["metrics"]) == ["msssim_diversity"]
+        assert m["iterations"]["mean"] == 2 and m["params"] == generator_params(cfgs[name].model)
+        assert all([c["n"] for c in r["curve"]] == [8, 8] for r in m["runs"])   # snapshot and final: one n
+    assert runs["transsrgan"][0].config.train.seed == 0 and runs["transsrgan"][1].config.train.seed == 1
+    assert abs(result["param_ratio_matched"] - 1) <= PARAM_TOLERANCE
+    ranked = set(result["higher_is_better"])
+    for pair in ("transsrgan_vs_dcgan", "transsrgan_vs_dcgan_matched"):
+        assert set(result["verdict"][pair]) == ranked
+        assert set(result["verdict"][pair].values()) <= {"better", "worse", "tie"}
+        assert isinstance(result["target"][pair], bool)
     table = markdown(result)
-    assert "| fd_inception_random (primary) | **1** | 2 | lower |" in table
-    assert "iterations (G updates)" in table and "not met" in table
+    assert "| msssim_diversity | " in table and " ± " in table and "transsrgan_vs_dcgan_matched" in table
+    assert "2 training seed(s): 0, 1" in table
 
 
 def test_cli_rejects_bad_arguments(capsys):
@@ -129,24 +194,28 @@ def test_bench_quality_end_to_end_with_dfagd_and_mlflow(tmp_path):
     out = tmp_path / "bench"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = main(["bench", "quality", "--preset", "tiny", "--minutes", "0.05", "--n", "8", "--curve-points", "1",
+                 "--seeds", "2",
                  "--curve-n", "8", "--out", str(out), "--json", str(tmp_path / "q.json"), "--tracking-uri", uri,
                  "--set", "data.limit=256", "--set", "eval.kid_subsets=10", "--spark-master", "local[2]"])
     assert code == 0
     result = json.loads((tmp_path / "q.json").read_text())
     assert result["data"] == "digits" and result["minutes"] == 0.05 and result["n"] == 8
-    assert result["primary_metric"] == "fd_inception_random"
-    assert set(result["models"]) == {"transsrgan", "dcgan"}
+    assert result["primary_metric"] == "fd_digits" and result["domain"] == "digits"   # the digit metrics ran
+    assert set(result["models"]) == {"transsrgan", "dcgan", "dcgan_matched"}
     keys = None
     for name, m in result["models"].items():
-        assert m["iterations"] > 0 and m["params"] > 0 and m["images_per_s"] > 0
-        assert m["train_s"] >= 3.0, (name, m)          # stopped at the first check at or past the budget
-        assert m["curve"][0]["t_s"] <= m["curve"][-1]["t_s"] == m["train_s"], (name, m["curve"])
-        for k in ("fd_inception_random", "kd_inception_random", "recall_inception_random",
-                  "coverage_inception_random"):
-            assert k in m["metrics"]
+        assert m["params"] > 0 and m["images_per_s"]["mean"] > 0 and len(m["runs"]) == 2
+        for r in m["runs"]:
+            assert r["iterations"] > 0 and r["train_s"] >= 3.0, (name, r)   # stopped at the first check past it
+            assert r["curve"][0]["t_s"] <= r["curve"][-1]["t_s"] == r["train_s"], (name, r["curve"])
+            assert [c["n"] for c in r["curve"]] == [8, 8]
+        for k in ("fd_digits", "fd_digits_floor", "kd_digits", "recognisable", "fd_inception_random",
+                  "kd_inception_random", "recall_inception_random", "coverage_inception_random"):
+            assert set(m["metrics"][k]) == {"mean", "sd"}, k
         keys = keys or set(m["metrics"])
         assert set(m["metrics"]) == keys
-        assert [c["n"] for c in m["curve"]] == [8, 8]
+    assert set(result["verdict"]) == {"transsrgan_vs_dcgan", "transsrgan_vs_dcgan_matched"}
+    assert result["verdict"]["transsrgan_vs_dcgan"]["fd_digits"] in ("better", "worse", "tie")
     assert (out / "bench_quality.md").is_file() and (out / "bench_quality.png").stat().st_size > 10_000
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
@@ -154,8 +223,26 @@ def test_bench_quality_end_to_end_with_dfagd_and_mlflow(tmp_path):
     parent = client.get_run(result["mlflow_run_id"])
     children = client.search_runs([exp.experiment_id],
                                   f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
-    assert sorted(r.info.run_name for r in children) == ["dcgan", "transsrgan"]
+    assert sorted(r.info.run_name for r in children) == [f"{m}-seed{s}" for m in ("dcgan", "dcgan_matched",
+                                                                                  "transsrgan") for s in (0, 1)]
     for r in children:
-        assert r.data.params["model.arch"] == r.info.run_name
-        assert r.data.metrics["fd_inception_random"] == result["models"][r.info.run_name]["metrics"]["fd_inception_random"]
-        assert "loss_d" in r.data.metrics or result["models"][r.info.run_name]["iterations"] < 5
+        name, seed = r.info.run_name.rsplit("-seed", 1)
+        record = result["models"][name]["runs"][int(seed)]
+        assert r.data.params["model.arch"] == name.removesuffix("_matched") and r.data.params["train.seed"] == seed
+        assert r.data.metrics["fd_digits"] == record["metrics"]["fd_digits"]
+        assert "loss_d" in r.data.metrics or record["iterations"] < 5
+
+
+def test_nyquist_share_of_the_icnr_check():
+    import numpy as np
+
+    from benchmarks.icnr import nyquist_share
+
+    yy, xx = np.mgrid[:16, :16]
+    checker = ((yy + xx) % 2 * 255).astype(np.uint8)[None, None]            # (1, 1, 16, 16)
+    stripes = ((xx % 2) * 255).astype(np.uint8)[None, None]
+    smooth = (127 + 100 * np.sin(2 * np.pi * xx / 16)).astype(np.uint8)[None, None]
+    assert nyquist_share(checker) == pytest.approx(1.0) and nyquist_share(stripes) == pytest.approx(1.0)
+    assert nyquist_share(smooth) < 1e-3 and nyquist_share(np.full((2, 1, 16, 16), 9, np.uint8)) == 0.0
+    mixed = (smooth.astype(int) // 2 + checker.astype(int) // 8).astype(np.uint8)
+    assert 0.01 < nyquist_share(mixed) < 1

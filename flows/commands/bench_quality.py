@@ -1,7 +1,8 @@
-"""`transsrgan bench quality`: TransSRGAN vs the DCGAN baseline at equal wall-clock budget, logged to MLflow.
+"""`transsrgan bench quality`: TransSRGAN vs two DCGANs at equal wall-clock budget over seeds, logged to MLflow.
 
-data gate -> train both for --minutes each (DFAGD by default) -> evaluate on the same n -> JSON, Markdown, figure;
-MLflow: one parent run (experiment `transsrgan-bench`) with one child run per model.
+data gate -> train each model for --minutes per seed (DFAGD by default) -> evaluate on the same n -> mean ± sd,
+verdicts -> JSON, Markdown, figure; MLflow: one parent run (experiment `transsrgan-bench`) with one child run per
+model and seed.
 """
 
 import argparse
@@ -43,16 +44,23 @@ def _int_at_least(lo: int):
 def register(bench_sub: argparse._SubParsersAction) -> None:
     from models.config import PRESETS
 
-    p = bench_sub.add_parser("quality", help="TransSRGAN vs DCGAN at equal wall-clock budget (FD, KID, PRDC)",
-                             description="Runs the data gate, trains TransSRGAN and the DCGAN baseline for the same "
-                                         "wall-clock budget each through the same trainer (DFAGD on Spark by "
-                                         "default), on the same data, resolution and global batch (only the "
-                                         "generator differs), then evaluates both on the same n. Writes JSON, a "
-                                         "Markdown table and a figure; logs a parent MLflow run with one child "
-                                         f"per model (experiment {EXPERIMENT}).")
+    p = bench_sub.add_parser("quality", help="TransSRGAN vs two DCGANs at equal wall-clock budget over seeds",
+                             description="Runs the data gate, trains TransSRGAN, the DCGAN baseline and a DCGAN "
+                                         "with TransSRGAN's generator parameter count (within 10%) for the same "
+                                         "wall-clock budget each, once per training seed, through the same "
+                                         "trainer (DFAGD on Spark by default), on the same data, resolution and "
+                                         "global batch (only the generator differs), then evaluates all on the "
+                                         "same n (on the digits with the digit classifier's metrics; fd_digits is "
+                                         "primary). Reports mean ± sd over the seeds and a verdict per metric: "
+                                         "better/worse when the means differ by more than 2 pooled sd, else tie. "
+                                         "Writes JSON, a Markdown table and a figure; logs a parent MLflow run "
+                                         f"with one child per model and seed (experiment {EXPERIMENT}). Time: "
+                                         "3 models x seeds x minutes of training, plus evaluation.")
     p.add_argument("--data", default="digits", metavar="PATH", help="'digits' (default) or an image folder")
     p.add_argument("--minutes", type=_positive_float, default=8.0, metavar="M",
-                   help="training budget per model in wall-clock minutes (default 8)")
+                   help="training budget per model and seed in wall-clock minutes (default 8)")
+    p.add_argument("--seeds", type=_int_at_least(1), default=3, metavar="K",
+                   help="training seeds per model: train.seed, +1, ..., K in all (default 3); mean ± sd over them")
     p.add_argument("--json", metavar="FILE", help="write the result JSON here (default OUT/bench_quality.json)")
     p.add_argument("--markdown", metavar="FILE", help="write the Markdown table here (default OUT/bench_quality.md)")
     p.add_argument("--figure", metavar="FILE", help="write the figure PNG here (default OUT/bench_quality.png); for "
@@ -134,11 +142,13 @@ def bench_and_log(args: argparse.Namespace, configs: dict, out: Path, paths: dic
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from benchmarks.quality import bench_quality, load_data, markdown, real_subset, save_figure
+    from benchmarks.quality import bench_quality, generated, load_data, real_subset
+    from benchmarks.quality_report import markdown, save_figure
     from flows.errors import UsageError
     from models.files import OutputFolder, write_output
     from models.metrics import InceptionWeightsError
     from tasks.data_gate import DataGateError, run_data_gate
+    from tasks.evaluate import data_domain
     from tasks.tracking import configure_tracking, ensure_experiment, run_tags
 
     first = next(iter(configs.values()))
@@ -159,7 +169,8 @@ def bench_and_log(args: argparse.Namespace, configs: dict, out: Path, paths: dic
     client = MlflowClient()
     tags = run_tags(first, gate.fingerprint, gate.n_valid, {"bench": "quality", "engine": args.engine})
     with mlflow.start_run(experiment_id=exp_id, run_name=f"bench-quality-{out.name}", tags=tags) as parent:
-        mlflow.log_params({"minutes": args.minutes, "data": args.data, "preset": args.preset, "engine": args.engine,
+        domain = data_domain(str(gate.manifest_path))
+        mlflow.log_params({"minutes": args.minutes, "seeds": args.seeds, "data": args.data, "preset": args.preset, "engine": args.engine,
                            "eval.n_samples": first.eval.n_samples, "curve_points": args.curve_points,
                            "curve_n": args.curve_n, "spark.workers": first.spark.workers,
                            "train.batch_size": first.train.batch_size, "model.resolution": first.model.resolution})
@@ -167,7 +178,8 @@ def bench_and_log(args: argparse.Namespace, configs: dict, out: Path, paths: dic
             mlflow.log_artifact(report, "validation")
         try:
             result, runs = bench_quality(configs, args.minutes, data, data_name=args.data, engine=args.engine,
-                                         fingerprint=gate.fingerprint, curve_points=args.curve_points,
+                                         fingerprint=gate.fingerprint, seeds=args.seeds, domain=domain,
+                                         curve_points=args.curve_points,
                                          curve_n=args.curve_n, slices=args.slices or 0)
         except InceptionWeightsError as exc:
             raise UsageError(f"--require-standard-features: {exc}") from exc
@@ -175,24 +187,31 @@ def bench_and_log(args: argparse.Namespace, configs: dict, out: Path, paths: dic
         real = real_subset(data.images, first.eval.n_samples)
         write_output(paths["json"], json.dumps(result, indent=2), COMMAND)
         write_output(paths["markdown"], markdown(result), COMMAND)
+        grids = {name: generated(seed_runs[0].state.G_ema, 64, seed_runs[0].config) for name, seed_runs in runs.items()}
         with OutputFolder(paths["figure"].parent, COMMAND, replace=False) as folder:
-            save_figure(result, runs, real, folder.claim(paths["figure"].name))
-        for name, run in runs.items():
-            result["models"][name]["mlflow_run_id"] = _log_child(client, exp_id, parent.info.run_id, name, run,
-                                                                 result, gate, out)
+            save_figure(result, grids, real, folder.claim(paths["figure"].name))
+        for name, seed_runs in runs.items():
+            for run, record in zip(seed_runs, result["models"][name]["runs"]):
+                record["mlflow_run_id"] = _log_child(client, exp_id, parent.info.run_id, name, run, record, result,
+                                                     gate, out)
         write_output(paths["json"], json.dumps(result, indent=2), COMMAND)
         mlflow.set_tag("feature_extractor", result["feature_extractor"])
-        mlflow.set_tag("target_met", str(result["verdict"]["target_met"]).lower())
-        mlflow.log_metrics({f"{name}.{k}": v for name, m in result["models"].items()
-                            for k, v in {**m["metrics"], "iterations": m["iterations"],
-                                         "images_per_s": m["images_per_s"]}.items()})
+        mlflow.set_tag("target_met", str(all(result["target"].values())).lower())
+        for pair, met in result["target"].items():
+            mlflow.set_tag(f"target_met.{pair}", str(met).lower())
+        mlflow.log_metrics({f"{name}.{k}{suffix}": s[part] for name, m in result["models"].items()
+                            for k, s in {**m["metrics"], "iterations": m["iterations"],
+                                         "images_per_s": m["images_per_s"]}.items()
+                            for suffix, part in (("", "mean"), (".sd", "sd"))})
         for path in paths.values():
             mlflow.log_artifact(str(path))
     return result
 
 
-def _log_child(client, exp_id: str, parent_id: str, name: str, run, result: dict, gate, out: Path) -> str:
-    """One child run: the model's config as params, training history as metrics, eval metrics, grid, checkpoint."""
+def _log_child(client, exp_id: str, parent_id: str, name: str, run, record: dict, result: dict, gate,
+               out: Path) -> str:
+    """One child run per model and seed: the config as params, training history as metrics, its eval metrics
+    (record: its entry of result["models"][name]["runs"]), grid, checkpoint."""
     import numpy as np
     from mlflow.entities import Param
 
@@ -202,22 +221,22 @@ def _log_child(client, exp_id: str, parent_id: str, name: str, run, result: dict
     from tasks.sink import MlflowSink
     from tasks.tracking import run_tags
 
+    seed = run.config.train.seed
     tags = {**run_tags(run.config, gate.fingerprint, gate.n_valid, {"bench": "quality", "model": name}),
             "mlflow.parentRunId": parent_id, "feature_extractor": result["feature_extractor"]}
-    child = client.create_run(exp_id, run_name=name, tags=tags)
+    child = client.create_run(exp_id, run_name=f"{name}-seed{seed}", tags=tags)
     cid = child.info.run_id
     params = [Param(k, "null" if v is None else str(list(v) if isinstance(v, tuple) else v))
               for k, v in run.config.flat().items()]
     client.log_batch(cid, params=params)
-    folder = out / name
+    folder = out / f"{name}-seed{seed}"
     with MlflowSink(cid, checkpoint_dir=folder, print_fn=None) as sink:
         for _t, m in run.log_times:
             sink.log_metrics({k: v for k, v in m.items() if k != "step"}, step=int(m["step"]))
-        for c in result["models"][name]["curve"][:-1]:
+        for c in record["curve"]:
             sink.log_metrics({f"curve.{k}": v for k, v in c.items() if k not in ("step", "n")}, step=int(c["step"]))
-        m = result["models"][name]
-        sink.log_metrics({**m["metrics"], "iterations": m["iterations"], "images_per_s": m["images_per_s"],
-                          "train_s": m["train_s"], "s_per_iter": m["s_per_iter"]}, step=run.iterations)
+        sink.log_metrics({**record["metrics"], **{k: record[k] for k in ("iterations", "images_per_s", "train_s",
+                                                                         "s_per_iter")}}, step=run.iterations)
         grid = np.ascontiguousarray(generated(run.state.G_ema, 64, run.config).transpose(0, 2, 3, 1))
         sink.log_artifact(save_png(make_grid(grid), folder / f"step_{run.iterations:06d}.png", scale=2), "samples")
         sink.log_artifact(save_checkpoint(run.state, folder / "checkpoint.pt"), "checkpoints")
