@@ -6,6 +6,7 @@ export PYSPARK_PYTHON := $(abspath $(BIN)/python)
 export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
 
 .PHONY: setup java postgres demo test test-slow test-all lint ui clean
+.PHONY: chromium screenshots
 
 # One venv from pyproject.toml (torch 2.14.1 + torchvision 0.29.1, Spark, Prefect, MLflow, GX).
 setup: java $(VENV)/.installed
@@ -43,17 +44,30 @@ test: setup
 	$(BIN)/pytest -m "not slow" -q
 
 # End-to-end and multi-process tests (minutes each).
-test-slow: setup postgres
+test-slow: setup postgres chromium
 	$(BIN)/pytest -m slow -q
 
 test-all: test test-slow
 
 lint: setup
-	$(BIN)/ruff check flows tasks models spark_training tests
+	$(BIN)/ruff check flows tasks models spark_training tests tools
 
 # MLflow UI on the embedded store: http://127.0.0.1:5000
 ui: setup
 	bash mlflow/start-server.sh --embedded
+
+# Headless Chromium for `make screenshots` and its slow test; installed with apt-get when missing, like Java.
+chromium:
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  echo "Chromium not found: installing chromium"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	fi
+
+# The pages users look at, checked in headless Chromium against real MLflow and Prefect servers (tiny flow):
+# PNGs in docs/screenshots/; exit 1 naming a page that shows an error or lacks its expected text.
+screenshots: setup chromium
+	$(BIN)/python -m tools.screenshots
 
 clean:
 	rm -rf transsrgan-data spark-warehouse .pytest_cache

@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PRODUCT = ("models", "spark_training", "tasks", "flows")
 
-DEV_PACKAGES = {"benchmarks", "chaos"}      # development only: not in the wheel, not shipped to Spark
+DEV_PACKAGES = {"benchmarks", "chaos", "tools"}   # development only: not in the wheel, not shipped to Spark
 # package -> top-level imports it must never use
 FORBIDDEN = {
     "models": {"prefect", "mlflow", "pyspark", "great_expectations", "spark_training", "tasks", "flows"} | DEV_PACKAGES,
