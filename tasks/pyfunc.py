@@ -10,7 +10,8 @@
 #   columns  seed   int64: n images from that seed, the same as `transsrgan sample --seed S -n N` gives
 #            label  int64, optional: the class of a conditional generator (default: labels cycle 0..k-1)
 #            z      n_z floats, instead of seed (generators only): exactly that latent, one image per row
-#   params   n (int, 1): images per seed row; output ("array" | "png"); SinGAN also scale_h, scale_w, start_scale
+#   params   n (int, 1): images per seed row; output ("array" | "png"); SinGAN also scale_h, scale_w, start_scale;
+#            generators also truncation (float in (0, 1], 1 = off; seed rows, as `sample --truncation`)
 #   result   output=array: float32 (rows x n, C, H, W) in [-1, 1]; output=png: one base64 PNG string per image
 # A bad request raises MlflowException(INVALID_PARAMETER_VALUE) with one line naming the field, which the scoring
 # server answers with HTTP 400 (any other exception would be a 400 with a traceback attached).
@@ -62,6 +63,7 @@ class Request:
     n: int = 1
     output: str = "array"
     size: dict[str, Any] = dataclasses.field(default_factory=dict)   # SinGAN: scale_h, scale_w, start_scale
+    truncation: float = 1.0               # generators' seed rows: models.grid.truncate
 
     @property
     def rows(self) -> int:
@@ -135,7 +137,12 @@ def parse_request(model_input: Any, params: dict[str, Any] | None, *, z_dim: int
     if rows * n > MAX_IMAGES:
         raise PayloadError(f"input: {rows} rows x n={n} = {rows * n} images; at most {MAX_IMAGES} per request")
     size = {k: params[k] for k in ("scale_h", "scale_w", "start_scale") if k in params} if singan else {}
-    return Request(seeds=seeds, z=z, labels=labels, n=int(n), output=output, size=size)
+    psi = params.get("truncation", 1.0)
+    if isinstance(psi, bool) or not isinstance(psi, (int, float, np.number)) or not 0 < psi <= 1:
+        raise PayloadError(f"truncation: expected a number in (0, 1] (1 = off), got {psi!r}")
+    if psi != 1 and (singan or z is not None):
+        raise PayloadError("truncation: only for a generator's seed rows (with z rows, send truncation x z)")
+    return Request(seeds=seeds, z=z, labels=labels, n=int(n), output=output, size=size, truncation=float(psi))
 
 
 def signature(*, z_dim: int | None, channels: int, resolution: int | None = None) -> ModelSignature:
@@ -147,6 +154,7 @@ def signature(*, z_dim: int | None, channels: int, resolution: int | None = None
         params += [ParamSpec("scale_h", DataType.double, 1.0), ParamSpec("scale_w", DataType.double, 1.0),
                    ParamSpec("start_scale", DataType.long, 0)]
     else:
+        params += [ParamSpec("truncation", DataType.double, 1.0)]
         inputs = Schema([ColSpec(DataType.long, SEED_COLUMN, required=False),
                          ColSpec(DataType.long, LABEL_COLUMN, required=False),
                          ColSpec(Array(DataType.double), Z_COLUMN, required=False)])
@@ -213,7 +221,7 @@ class ModelPyfunc(PythonModel):
     def _generator(self, r: Request) -> torch.Tensor:
         """Row i: n images from seed i (z as models.grid.sample draws it), or its own z; labels cycle 0..k-1
         over each row's images unless the row names one."""
-        from models.grid import noise
+        from models.grid import noise, truncate
 
         mc = self.G.config.model
         k = mc.num_classes
@@ -223,7 +231,7 @@ class ModelPyfunc(PythonModel):
             return self.G(z, labels)
         out = []
         for i, seed in enumerate(r.seeds):
-            z = noise(r.n, mc.z_dim, seed)                                                 # (n, z_dim)
+            z = truncate(noise(r.n, mc.z_dim, seed), r.truncation)                        # (n, z_dim)
             labels = None
             if k:
                 labels = torch.full((r.n,), r.labels[i]) if r.labels else torch.arange(r.n) % k

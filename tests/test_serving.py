@@ -26,6 +26,29 @@ def test_a_request_is_seeds_or_z_with_n_and_labels():
     assert r.size == {"scale_w": 2.0}
 
 
+def test_truncation_param_is_the_sample_commands():
+    """params truncation on seed rows gives what `sample --truncation` gives (models.grid.sample), 1 = off."""
+
+    import torch
+
+    from models import build_generator
+    from models.config import resolve_config
+    from models.grid import sample
+    from tasks.pyfunc import ModelPyfunc
+
+    cfg = resolve_config("tiny")
+    torch.manual_seed(0)
+    model = ModelPyfunc()
+    model.singan, model.G = None, build_generator(cfg.model).eval()
+    model.G.config = cfg
+    z_dim = cfg.model.z_dim
+    assert parse_request(pd.DataFrame({"seed": [1]}), None, z_dim=8).truncation == 1.0
+    for psi in (1.0, 0.5):
+        got = model.predict(None, pd.DataFrame({"seed": [4]}), {"n": 3, "truncation": psi})
+        np.testing.assert_array_equal(got, sample(model.G, 3, 4, z_dim, truncation=psi).numpy())
+    assert not np.array_equal(got, sample(model.G, 3, 4, z_dim).numpy())
+
+
 @pytest.mark.parametrize("frame, params, kw, words", [
     ({"label": [1]}, None, {}, "expected a column seed (or z)"),
     ({"seed": [1], "z": [[0.0] * 8]}, None, {}, "a seed column or a z column (not both)"),
@@ -41,6 +64,10 @@ def test_a_request_is_seeds_or_z_with_n_and_labels():
     ({"seed": [1], "label": [10]}, None, {"num_classes": 10}, "label: expected integers in [0, 10)"),
     ({"seed": [0, 1]}, {"n": MAX_IMAGES}, {}, f"at most {MAX_IMAGES} per request"),
     ({"z": [[0.0] * 8]}, None, {"z_dim": None, "singan": True}, "z: this model takes seeds only"),
+    ({"seed": [1]}, {"truncation": 0.0}, {}, "truncation: expected a number in (0, 1]"),
+    ({"seed": [1]}, {"truncation": 1.5}, {}, "truncation: expected a number in (0, 1]"),
+    ({"z": [[0.0] * 8]}, {"truncation": 0.5}, {}, "truncation: only for a generator's seed rows"),
+    ({"seed": [1]}, {"truncation": 0.5}, {"z_dim": None, "singan": True}, "truncation: only for a generator"),
 ])
 def test_a_bad_request_is_one_line_naming_the_field(frame, params, kw, words):
     kw = {"z_dim": 8, **kw}
