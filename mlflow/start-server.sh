@@ -93,6 +93,8 @@ if [[ "$AUTH" == 1 ]]; then
   [[ "$MLFLOW_ADMIN_USER" =~ ^[A-Za-z0-9._@-]+$ ]] || die "MLFLOW_ADMIN_USER: expected a user name, got '$MLFLOW_ADMIN_USER'"
   [[ "$MLFLOW_AUTH_DEFAULT_PERMISSION" =~ ^(READ|EDIT|MANAGE|NO_PERMISSIONS)$ ]] \
     || die "MLFLOW_AUTH_DEFAULT_PERMISSION: expected READ, EDIT, MANAGE or NO_PERMISSIONS, got '$MLFLOW_AUTH_DEFAULT_PERMISSION'"
+  [[ "$MLFLOW_AUTH_CACHE_TTL_SECONDS" =~ ^[0-9]+$ ]] \
+    || die "MLFLOW_AUTH_CACHE_TTL_SECONDS: expected a number of seconds, got '$MLFLOW_AUTH_CACHE_TTL_SECONDS'"
 fi
 
 if [[ -n "${VIRTUAL_ENV:-}" && -x "$VIRTUAL_ENV/bin/mlflow" ]]; then MLFLOW="$VIRTUAL_ENV/bin/mlflow"
@@ -180,6 +182,7 @@ if [[ "$AUTH" == 1 ]]; then
       echo "default_permission = $MLFLOW_AUTH_DEFAULT_PERMISSION"
       echo "database_uri = $AUTH_DB"
       echo "admin_username = $MLFLOW_ADMIN_USER"
+      echo "auth_cache_ttl_seconds = $MLFLOW_AUTH_CACHE_TTL_SECONDS"
       echo "authorization_function = mlflow.server.auth:authenticate_request_basic_auth"
     } > "$tmp"
     chmod 600 "$tmp"

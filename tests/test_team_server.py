@@ -85,7 +85,7 @@ def test_a_shared_bind_starts_basic_auth_with_the_password_in_the_environment_on
         assert stat.S_IMODE(f.stat().st_mode) == 0o600, f
     assert stat.S_IMODE(auth_dir.stat().st_mode) == 0o700
     text = ini.read_text()
-    assert SECRET not in text and "admin_username = admin" in text
+    assert SECRET not in text and "admin_username = admin" in text and "auth_cache_ttl_seconds = 60" in text
     assert f"database_uri = sqlite:///{auth_dir}/basic_auth.db" in text
     key = (auth_dir / "flask_secret_key").read_text()
 
