@@ -53,10 +53,8 @@ done
 [[ "$MLFLOW_WORKERS" =~ ^[1-9][0-9]*$ ]] || die "--workers: expected a positive number, got '$MLFLOW_WORKERS'"
 [[ "$AUTH" == 1 && "$INSECURE" == 1 ]] && die "--auth and --insecure contradict each other; pass one"
 
-case "$MLFLOW_HOST" in
-  127.*|::1|localhost) LOOPBACK=1 ;;
-  *) LOOPBACK=0 ;;
-esac
+LOOPBACK=0
+[[ "$MLFLOW_HOST" =~ ^(127\.[0-9]+\.[0-9]+\.[0-9]+|::1|localhost)$ ]] && LOOPBACK=1
 
 # The admin password: from exactly one of these variables, never from argv.
 ADMIN_PASSWORD=""
@@ -164,7 +162,7 @@ elif [[ "$LOOPBACK" == 0 ]]; then
     echo "!!! Set MLFLOW_ADMIN_PASSWORD_FILE and drop --insecure to require a login (docs/operations.md)."
   } >&2
 fi
-case "$MLFLOW_HOST" in 0.0.0.0|::) URL_HOST="$(hostname -f 2>/dev/null || hostname)" ;; *:*) URL_HOST="[$MLFLOW_HOST]" ;; *) URL_HOST="$MLFLOW_HOST" ;; esac
+case "$MLFLOW_HOST" in 0.0.0.0|::) URL_HOST="$( (hostname -f || uname -n) 2>/dev/null || echo this-host)" ;; *:*) URL_HOST="[$MLFLOW_HOST]" ;; *) URL_HOST="$MLFLOW_HOST" ;; esac
 URL="http://$URL_HOST:$MLFLOW_PORT"
 echo "UI and API: $URL  (clients: export MLFLOW_TRACKING_URI=$URL$(
   [[ "$AUTH" == 1 ]] && echo " MLFLOW_TRACKING_USERNAME=... MLFLOW_TRACKING_PASSWORD=..."))"

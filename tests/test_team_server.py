@@ -50,7 +50,7 @@ def _one_line(err: str) -> str:
     return lines[0]
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::"])
+@pytest.mark.parametrize("host", ["0.0.0.0", "192.168.1.20", "::", "127.0.0.1.example.org"])
 def test_a_shared_bind_without_a_password_refuses_in_one_line(launch, host):
     out, started = launch("--host", host)
     assert out.returncode == 2 and started is None and out.stdout == ""
@@ -58,7 +58,7 @@ def test_a_shared_bind_without_a_password_refuses_in_one_line(launch, host):
     assert f"--host {host}" in line and "MLFLOW_ADMIN_PASSWORD" in line and "--insecure" in line
 
 
-@pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "::1"])
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.1.1", "localhost", "::1"])
 def test_loopback_needs_no_login(launch, host):
     out, started = launch("--host", host)
     assert out.returncode == 0, out.stderr
@@ -278,7 +278,8 @@ def test_team_server_on_postgresql_runs_the_flow_and_serves_the_champion(harness
                 summary = train_transsrgan(preset="tiny", data=str(data), steps=3, workers=1, spark_master="local[1]",
                                            overrides={"eval.n_samples": 16, "train.sample_every": 0,
                                                       "train.checkpoint_every": 0})
-            finally:
+            finally:                                   # later tests in this session get the default store back
+                monkeypatch.delenv("MLFLOW_TRACKING_URI")
                 configure_tracking()
             assert not summary["skipped"] and summary["version"] == "1" and summary["champion_version"] == "1"
             client = MlflowClient(tracking_uri=svc.url, registry_uri=svc.url)
