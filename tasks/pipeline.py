@@ -47,6 +47,7 @@ from tasks.tracking import configure_tracking
 
 EXPERIMENT = "transsrgan"
 IO_RETRIES = dict(retries=2, retry_delay_seconds=[2, 10])
+VERSION_DESCRIPTION_MAX = 5000     # characters: the registry's description column (PostgreSQL enforces it)
 # The gate for one image: it must decode, be an allowed format/mode, not be blank, and have a short side of at
 # least singan.min_size (the coarsest scale); one valid image is the whole dataset.
 SINGLE_IMAGE_GATE = DataConfig(min_images=1, max_bad_fraction=0.0, max_aspect=8.0)
@@ -356,5 +357,6 @@ def describe_run(report: RunReport) -> RunDescription:
     markdown = run_markdown(report, links)
     if not report.skipped:
         client.set_tag(report.run_id, MLFLOW_RUN_NOTE, markdown[:MAX_TAG_VAL_LENGTH])   # a run tag's limit
-        client.update_model_version(report.model_name, report.version, description=version_description(report))
+        client.update_model_version(report.model_name, report.version,
+                                    description=version_description(report)[:VERSION_DESCRIPTION_MAX])
     return RunDescription(markdown, links.run_url, links.version_url)

@@ -371,8 +371,9 @@ def model_description(name: str, family: str | None = None) -> str:
                    'images = model.predict(pd.DataFrame({"seed": [0, 1, 2]}))   # (3, C, H, W) in [-1, 1]']
     else:
         predict = ["import numpy as np", f'model = mlflow.pyfunc.load_model("{uri}")',
-                   "z = np.random.default_rng(0).standard_normal((16, z_dim), dtype=np.float32)  # the version's "
-                   "model.z_dim", "images = model.predict(z)   # (16, C, H, W) in [-1, 1]"]
+                   "# z_dim: the version's model.z_dim (its config.json)",
+                   "z = np.random.default_rng(0).standard_normal((16, z_dim), dtype=np.float32)",
+                   "images = model.predict(z)   # (16, C, H, W) in [-1, 1]"]
     return "\n".join([_ABOUT.get(family, f"{family}: an image generator."), "",
                       "Promotion: every evaluated run becomes a version; it takes the champion alias only when its "
                       "primary metric beats the champion's on the same data and feature extractor (else "
