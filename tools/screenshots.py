@@ -269,13 +269,18 @@ def take(out: Path, chromium: str, scratch: Path, say=print) -> list[str]:
                 folder.copy(page.file, png)
             failures += [f"{page.name}: {p}" for p in found]
             say(f"  {'ok  ' if not found else 'FAIL'} {page.name:<32} {out / page.file}")
-        write_index(folder, pages)
+        write_index(folder, pages, scratch)
     return failures
 
 
-def write_index(folder: OutputFolder, pages: list[Page]) -> None:
-    """pages.json: which URL (with its scratch host and ids) each PNG shows, and the text it was checked for."""
-    rows = [{"file": p.file, "page": p.name, "url": p.url, "expected_text": p.expect} for p in pages]
+def write_index(folder: OutputFolder, pages: list[Page], scratch: Path) -> None:
+    """pages.json: which URL each PNG shows (ports and the scratch folder as placeholders), and the text it was
+    checked for."""
+    def route(url: str) -> str:
+        url = url.replace(scratch.as_uri(), "file://<scratch>")
+        return re.sub(r"^http://127\.0\.0\.1:\d+", "http://127.0.0.1:<port>", url)
+
+    rows = [{"file": p.file, "page": p.name, "url": route(p.url), "expected_text": p.expect} for p in pages]
     folder.write("pages.json", json.dumps(rows, indent=1) + "\n")
 
 
