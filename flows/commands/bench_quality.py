@@ -170,8 +170,8 @@ def bench_and_log(args: argparse.Namespace, configs: dict, out: Path, paths: dic
     tags = run_tags(first, gate.fingerprint, gate.n_valid, {"bench": "quality", "engine": args.engine})
     with mlflow.start_run(experiment_id=exp_id, run_name=f"bench-quality-{out.name}", tags=tags) as parent:
         domain = data_domain(str(gate.manifest_path))
-        mlflow.log_params({"minutes": args.minutes, "seeds": args.seeds, "data": args.data, "preset": args.preset, "engine": args.engine,
-                           "eval.n_samples": first.eval.n_samples, "curve_points": args.curve_points,
+        mlflow.log_params({"minutes": args.minutes, "seeds": args.seeds, "data": args.data, "preset": args.preset,
+                           "engine": args.engine, "eval.n_samples": first.eval.n_samples, "curve_points": args.curve_points,
                            "curve_n": args.curve_n, "spark.workers": first.spark.workers,
                            "train.batch_size": first.train.batch_size, "model.resolution": first.model.resolution})
         for report in (gate.validation_json, gate.quarantine_path):
@@ -179,15 +179,15 @@ def bench_and_log(args: argparse.Namespace, configs: dict, out: Path, paths: dic
         try:
             result, runs = bench_quality(configs, args.minutes, data, data_name=args.data, engine=args.engine,
                                          fingerprint=gate.fingerprint, seeds=args.seeds, domain=domain,
-                                         curve_points=args.curve_points,
-                                         curve_n=args.curve_n, slices=args.slices or 0)
+                                         curve_points=args.curve_points, curve_n=args.curve_n,
+                                         slices=args.slices or 0)
         except InceptionWeightsError as exc:
             raise UsageError(f"--require-standard-features: {exc}") from exc
         result["mlflow_run_id"] = parent.info.run_id
         real = real_subset(data.images, first.eval.n_samples)
         write_output(paths["json"], json.dumps(result, indent=2), COMMAND)
         write_output(paths["markdown"], markdown(result), COMMAND)
-        grids = {name: generated(seed_runs[0].state.G_ema, 64, seed_runs[0].config) for name, seed_runs in runs.items()}
+        grids = {name: generated(rs[0].state.G_ema, 64, rs[0].config) for name, rs in runs.items()}   # first seed
         with OutputFolder(paths["figure"].parent, COMMAND, replace=False) as folder:
             save_figure(result, grids, real, folder.claim(paths["figure"].name))
         for name, seed_runs in runs.items():
