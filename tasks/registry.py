@@ -421,11 +421,22 @@ class RunReport:
     extractor: str | None = None               # the evaluation's feature extractor
 
 
+def version_headline(report: RunReport) -> str:
+    """The first line of a version's description, in plain text: the registry's versions table shows that line
+    as it is (markup characters included), e.g. 'transsrgan v3: champion (fd_digits 74.6, @champion)'."""
+    r = report
+    value = r.metrics.get(r.primary_metric) if r.primary_metric else None
+    details = [f"{r.primary_metric} {_fmt(value)}"] if value is not None else []
+    details += [f"@{a}" for a in r.aliases]
+    verdict = "champion" if r.promoted else "challenger"
+    return f"{r.model_name} v{r.version}: {verdict}" + (f" ({', '.join(details)})" if details else "")
+
+
 def version_description(report: RunReport) -> str:
-    """A model version's description: the promotion verdict and its reason, then the metrics."""
+    """A model version's description: a plain-text headline (the verdict), then in markdown the promotion reason
+    and the metrics."""
     r, name = report, report.model_name
-    aliases = ", ".join(f"`@{a}`" for a in r.aliases)
-    return "\n".join([f"**{name} v{r.version}: {'champion' if r.promoted else 'challenger'}** ({aliases})", "",
+    return "\n".join([version_headline(r), "",
                       f"Promotion: {r.reason}.", "", *metrics_table(r.metrics, r.primary_metric), "",
                       f"Features: `{r.extractor}`; run `{r.run_id}`. Sample it: `transsrgan sample --model "
                       f"models:/{name}/{r.version} -n 64 --out {name}-v{r.version}.png`"])

@@ -81,7 +81,11 @@ def test_model_and_version_descriptions_say_what_it_is_and_how_to_sample():
     assert "baseline" in model_description("dcgan")
 
     v = version_description(_report())
-    assert v.startswith("**transsrgan v3: champion** (`@champion`)")
+    # the versions table shows the first line as it is: plain text, no markdown
+    assert v.splitlines()[0] == "transsrgan v3: champion (fd_digits 74.6, @champion)"
+    assert v.splitlines()[1] == "" and not re.search(r"[*_`#\[]", v.splitlines()[0].replace("fd_digits", ""))
+    assert version_description(_report(promoted=False, aliases=("challenger",), primary_metric=None)).startswith(
+        "transsrgan v3: challenger (@challenger)\n")
     assert "Promotion: fd_digits 74.6 beats champion v2 (80.1)" in v and "| recall | 0.5 |" in v
     assert "`inception_random`" in v and "models:/transsrgan/3" in v
 
