@@ -101,6 +101,7 @@ class GANSink(MlflowSink):
         png = save_png(make_grid(to_uint8(images)), self.checkpoint_dir / SAMPLES_DIR / f"step_{state.step:06d}.png",
                        scale=2)
         self.log_image(png, SAMPLES_KEY, state.step)      # the run page's image slider, one grid per step
+        self.log_artifact(png, SAMPLES_DIR)               # and samples/step_NNNNNN.png, by name, for scripts
 
     def on_checkpoint(self, state: GANState, metrics: dict[str, float]) -> None:
         name = f"step_{state.step:06d}.pt" if self.keep_checkpoints else CHECKPOINT
@@ -127,6 +128,7 @@ class SinGANSink(MlflowSink):
         grid = save_png(make_grid(to_uint8(images)), self.checkpoint_dir / SAMPLES_DIR / f"scale_{n:02d}_{h}x{w}.png",
                         scale=2)
         self.log_image(grid, SAMPLES_KEY, n)              # the slider's step is the scale, coarsest = 0
+        self.log_artifact(grid, SAMPLES_DIR)
 
 
 # ---------------------------------------------------------------- shared pieces

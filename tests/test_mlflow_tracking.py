@@ -133,8 +133,10 @@ def test_tiny_run_logs_params_tags_metrics_and_artifacts(tiny_run):
     assert run.data.metrics["speedup_vs_1_worker"] == 1.5 and run.data.metrics["efficiency"] == 0.75
     assert any(k.startswith("system/") for k in run.data.metrics), sorted(run.data.metrics)
     arts = {a.path for a in client.list_artifacts(run_id)}
-    assert {"images", "checkpoints", "config.json"} <= arts
+    assert {"images", "samples", "checkpoints", "config.json"} <= arts
     assert image_steps(client, run_id) == [2, 4]          # the grids, as MLflow's step-indexed image `samples`
+    assert [a.path for a in client.list_artifacts(run_id, "samples")] == [    # and by name, for scripts
+        "samples/step_000002.png", "samples/step_000004.png"]
     assert run.data.tags["mlflow.loggedImages"] == "True"
     assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/checkpoint.pt"]
     assert run.info.status == "FINISHED"
