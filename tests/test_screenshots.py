@@ -12,7 +12,8 @@ from PIL import Image
 from tools.screenshots import Page, main, problems, visible_text
 
 ROOT = Path(__file__).resolve().parents[1]
-PAGES = {"mlflow-run.png", "mlflow-model.png", "prefect-flow-run.png", "gx-data-docs.png", "gate-summary.png"}
+PAGES = {"mlflow-run.png", "mlflow-run-samples.png", "mlflow-model.png", "prefect-flow-run.png", "gx-data-docs.png",
+         "gate-summary.png"}
 
 
 def test_visible_text_skips_scripts_and_styles():
@@ -35,6 +36,18 @@ def test_data_and_numbers_are_not_errors_but_missing_text_is():
             "run 1404ab Error")
     assert problems(text, page) == []
     assert problems("Quarantine by reason", page) == ["lacks 'notes.png'"]
+
+
+def test_logged_image_steps_reads_mlflows_image_file_names():
+    from types import SimpleNamespace
+
+    from tools.screenshots import logged_image_steps
+
+    names = ["samples+step+10+timestamp+1+u1.png", "samples+step+10+timestamp+1+u1+compressed.webp",
+             "samples+step+2+timestamp+0+u0.png", "real_vs_fake+step+10+timestamp+2+u2.png", "notes.txt"]
+    client = SimpleNamespace(list_artifacts=lambda run_id, path: [SimpleNamespace(path=f"{path}/{n}") for n in names])
+    assert logged_image_steps(client, "r1", "samples") == [2, 10]
+    assert logged_image_steps(client, "r1", "fake") == []
 
 
 def test_bad_usage_exits_2_before_any_server_starts(tmp_path, monkeypatch, capsys):

@@ -2,8 +2,10 @@
 
 Starts a real MLflow server and a real Prefect server on 127.0.0.1 (free ports, scratch homes), runs the tiny
 train-transsrgan flow against them on a small digit folder with a few broken files, then opens each page with
-headless Chromium: a screenshot (PNG) and the rendered DOM (--dump-dom). A page fails when its visible text shows an
-error ("Can't connect", "Not Found", 404, ...) or lacks the text expected there; the tool then exits 1 naming it.
+headless Chromium: a screenshot (PNG) and the rendered DOM (--dump-dom). The run page's sample slider (the image card
+of `mlflow.log_image(key="samples", step=...)`) needs what a user does first, search and slider, so Chromium is
+driven there through its DevTools protocol (see ImageCard). A page fails when its visible text shows an error
+("Can't connect", "Not Found", 404, ...) or lacks the text expected there; the tool then exits 1 naming it.
 
     python -m tools.screenshots                      # PNGs into docs/screenshots/ (make screenshots)
     python -m tools.screenshots --out /tmp/shots --keep
@@ -13,9 +15,11 @@ an --out that is a file or holds a file the tool did not write).
 """
 
 import argparse
+import base64
 import contextlib
 import dataclasses
 import html.parser
+import itertools
 import json
 import os
 import re
@@ -30,9 +34,10 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from chaos.services import REPO_ROOT, ServiceError, mlflow_server, prefect_server, running
+from chaos.services import REPO_ROOT, ServiceError, free_port, mlflow_server, prefect_server, running
 from models.data.digits import load_digits
 from models.files import ForeignFileError, OutputFolder
+from tasks.tags import SAMPLES_KEY
 
 DEFAULT_OUT = REPO_ROOT / "docs" / "screenshots"
 COMMAND = "screenshots"            # the output folder's ledger names the tool
@@ -62,6 +67,21 @@ class Page:
     expect: list[str]              # visible text that must be there
     budget_ms: int = BUDGET_MS
     allow: tuple[str, ...] = ()    # error patterns this page may show as data (e.g. the gate's own reasons)
+    image_card: "ImageCard | None" = None   # an MLflow run page whose image card must show a logged image
+
+
+@dataclasses.dataclass
+class ImageCard:
+    """The image card (image grid with a step slider) of MLflow's run page, Model metrics tab, for one key.
+
+    MLflow 3.17.2 adds that card after every metric chart and renders cards only when scrolled into view; it opens
+    at step 0, which shows no image when the run logged the key at two or more steps. The card's settings live in
+    the browser's localStorage (the UI has no URL parameter for them), so the tool loads the page once, sets the
+    chart search to the key, the card's step to the last logged one and hides the run's parameters there, as a user
+    would with the search box and the slider, then reloads it."""
+    run_id: str
+    key: str
+    step: int
 
 
 # ---------------------------------------------------------------- the browser
@@ -75,8 +95,11 @@ def find_chromium() -> str:
     raise UsageError("chromium not found: run `make screenshots` (installs Debian's chromium) or set CHROMIUM")
 
 
-def _browser(chromium: str, profile: Path, budget_ms: int, *args: str) -> list[str]:
-    return [chromium, "--headless=new", "--no-sandbox", f"--window-size={WINDOW}", f"--virtual-time-budget={budget_ms}",
+def _browser(chromium: str, profile: Path, budget_ms: int | None, *args: str) -> list[str]:
+    """Headless Chromium's command line; budget_ms: its virtual time (None: real time, for a DevTools session,
+    which gets no page target with a virtual-time budget)."""
+    budget = [f"--virtual-time-budget={budget_ms}"] if budget_ms else []
+    return [chromium, "--headless=new", "--no-sandbox", f"--window-size={WINDOW}", *budget,
             f"--user-data-dir={profile}", "--hide-scrollbars", "--no-first-run", "--disable-gpu",
             "--disable-dev-shm-usage", "--force-color-profile=srgb", *args]
 
@@ -124,6 +147,15 @@ def problems(text: str, page: Page) -> list[str]:
 def shoot(chromium: str, page: Page, png: Path, scratch: Path) -> list[str]:
     """Screenshot `page` into png and check its rendered DOM; returns its problems (empty when it is fine)."""
     profile = scratch / "chromium-profile"
+    if page.image_card:
+        try:
+            dom, images, slider = shoot_image_card(chromium, page, png, profile, scratch / "chromium-devtools.log")
+        except (OSError, RuntimeError, TimeoutError) as exc:
+            return [f"chromium (DevTools) failed: {exc}"]
+        card = page.image_card
+        shown = [] if images else [f"shows no image of {card.key!r} at step {card.step}"]
+        shown += [] if slider == str(card.step) else [f"its step slider is at {slider}, not {card.step}"]
+        return problems(visible_text(dom), page) + shown
     try:
         dom = subprocess.run(_browser(chromium, profile, page.budget_ms, "--dump-dom", page.url), capture_output=True,
                              text=True, timeout=BROWSER_TIMEOUT_S)
@@ -134,6 +166,99 @@ def shoot(chromium: str, page: Page, png: Path, scratch: Path) -> list[str]:
     if dom.returncode or shot.returncode or not png.is_file():
         return [f"chromium failed (exit {dom.returncode or shot.returncode}): {(dom.stderr + shot.stderr)[-400:]}"]
     return problems(visible_text(dom.stdout), page)
+
+
+class DevTools:
+    """Headless Chromium driven through its DevTools protocol (a WebSocket on a loopback port): for pages that
+    need a step a user would take (set a slider) before the screenshot."""
+
+    def __init__(self, chromium: str, profile: Path, log: Path):
+        self.port = free_port()
+        self.log = log.open("w")
+        self.proc = subprocess.Popen(_browser(chromium, profile, None, f"--remote-debugging-port={self.port}",
+                                              "--remote-debugging-address=127.0.0.1", "about:blank"),
+                                     stdout=self.log, stderr=subprocess.STDOUT)
+        self.ids = itertools.count(1)
+        self.ws = None
+
+    def __enter__(self) -> "DevTools":
+        from websockets.sync.client import connect
+
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                pages = httpx.get(f"http://127.0.0.1:{self.port}/json/list", timeout=5).json()
+                target = next(t for t in pages if t["type"] == "page")
+                break
+            except (httpx.HTTPError, StopIteration, ValueError):
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    self.__exit__()
+                    raise RuntimeError(f"no DevTools endpoint on port {self.port}") from None
+                time.sleep(0.5)
+        self.ws = connect(target["webSocketDebuggerUrl"], max_size=None, open_timeout=30)
+        w, h = (int(n) for n in WINDOW.split(","))
+        self.call("Emulation.setDeviceMetricsOverride", width=w, height=h, deviceScaleFactor=1, mobile=False)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.ws is not None:
+            self.ws.close()
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+    def call(self, method: str, **params):
+        n = next(self.ids)
+        self.ws.send(json.dumps({"id": n, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=60))
+            if msg.get("id") == n:
+                if "error" in msg:
+                    raise RuntimeError(f"{method}: {msg['error'].get('message')}")
+                return msg.get("result", {})
+
+    def js(self, expression: str):
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True,
+                         awaitPromise=True).get("result", {}).get("value")
+
+    def wait(self, expression: str, what: str, timeout_s: float = 90.0):
+        deadline = time.monotonic() + timeout_s
+        while not (value := self.js(expression)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what} did not appear within {timeout_s:.0f}s")
+            time.sleep(0.5)
+        return value
+
+
+def shoot_image_card(chromium: str, page: Page, png: Path, profile: Path, log: Path) -> tuple[str, int, str | None]:
+    """The run page's image card for `page.image_card` (see ImageCard), screenshot into png: (rendered DOM, images
+    of the key at the card's step, the step its slider shows). It also closes MLflow's Assistant panel, which the
+    UI opens by itself on a first visit, for the pages shot after it with the same profile."""
+    card = page.image_card
+    storage_key = f"MLflowLocalStorage-1.1-RunPage-{card.run_id}-model-chartUIState"
+    with DevTools(chromium, profile, log) as browser:
+        browser.call("Page.navigate", url=page.url)
+        state = json.loads(browser.wait(
+            f"(() => {{ const s = localStorage.getItem({json.dumps(storage_key)}); "
+            f"return s && s.includes('\"IMAGE\"') ? s : null; }})()", "the run page's image card"))
+        for chart in state.get("compareRunCharts") or []:
+            if chart.get("type") == "IMAGE" and chart.get("imageKeys") == [card.key]:
+                chart.update(step=card.step, showRunParams=False)
+        state["chartsSearchFilter"] = card.key
+        browser.js(f"localStorage.setItem({json.dumps(storage_key)}, {json.dumps(json.dumps(state))})")
+        browser.js('localStorage.setItem("mlflow.assistant.panelOpen_v1", "false")')   # the side panel's width
+        browser.call("Page.reload")
+        shown = f"encodeURIComponent({json.dumps(card.key)} + '+step+' + {card.step} + '+')"
+        images = browser.wait(f"[...document.images].filter(i => i.src.includes({shown}) && i.complete && "
+                              "i.naturalWidth > 0).length", f"the {card.key!r} image at step {card.step}")
+        time.sleep(1.0)                                                   # the image's layout settles
+        dom = browser.js("document.documentElement.outerHTML") or ""
+        slider = browser.js("document.querySelector('[role=\"slider\"]')?.getAttribute('aria-valuenow')")
+        png.write_bytes(base64.b64decode(browser.call("Page.captureScreenshot", format="png")["data"]))
+    return dom, images, slider
 
 
 # ---------------------------------------------------------------- the run the pages show
@@ -172,8 +297,16 @@ def _first_line(text: str | None) -> str:
     return ""
 
 
+def logged_image_steps(client, run_id: str, key: str) -> list[int]:
+    """The steps at which the run logged `key` with mlflow.log_image(key=..., step=...), ascending."""
+    found = (re.match(rf"{re.escape(key)}\+step\+(\d+)\+", Path(a.path).name)
+             for a in client.list_artifacts(run_id, "images"))
+    return sorted({int(m.group(1)) for m in found if m})
+
+
 def mlflow_pages(url: str) -> list[Page]:
-    """The run page (dataset, sample images) and the registered model page (champion alias, description)."""
+    """The run page's sample slider, the run page (dataset, description) and the registered model page (champion
+    alias, descriptions)."""
     from mlflow import MlflowClient
 
     client = MlflowClient(url)
@@ -185,11 +318,18 @@ def mlflow_pages(url: str) -> list[Page]:
     # the training dataset (log_input); the UI shows the first input by name and the others as "+1"
     expect += [d.dataset.name for d in run.inputs.dataset_inputs[:1]]
     expect += [t for t in (_first_line(run.data.tags.get("mlflow.note.content")),) if t]   # its description
-    # No page for the `samples` images (log_image with a step): MLflow 3.17.2's run page lists the images/ artifacts
-    # but draws no image card among its chart cards, so there is no slider to check here.
-    pages = [Page("MLflow run page", "mlflow-run.png", base, expect, SPA_BUDGET_MS)]
+    # the sample grids (log_image with key and step): the image card of the Model metrics tab, at the last step;
+    # first, as it closes the Assistant panel for the pages after it
+    steps = logged_image_steps(client, run.info.run_id, SAMPLES_KEY)
+    pages = [Page("MLflow run page: sample slider", "mlflow-run-samples.png", f"{base}/model-metrics",
+                  [run.info.run_name, SAMPLES_KEY], SPA_BUDGET_MS,
+                  image_card=ImageCard(run.info.run_id, SAMPLES_KEY, steps[-1] if steps else 0)),
+             Page("MLflow run page", "mlflow-run.png", base, expect, SPA_BUDGET_MS)]
     model = client.get_registered_model(MODEL)
     expect = [MODEL, "champion"] + [t for t in (_first_line(model.description),) if t]
+    # the versions table shows the first line of each version's description as it is (a plain-text headline), cut
+    # to about 30 characters: "transsrgan v1: champion (fd_i..."
+    expect += [champion.description.splitlines()[0].split(" (")[0]] if champion.description else []
     pages.append(Page("MLflow registered model", "mlflow-model.png", f"{url}/#/models/{MODEL}", expect,
                       SPA_BUDGET_MS))
     return pages
