@@ -88,7 +88,7 @@ def _field(default: Any, help: str, *, config: str | None = None, flag: str | No
     return Field(default, description=help, json_schema_extra=extra)
 
 
-Preset = Literal["tiny", "demo", "full"]
+Preset = Literal["tiny", "demo", "thesis32", "full"]
 DataSource = Annotated[str | None, AfterValidator(_existing_data)]
 ImageSource = Annotated[str, AfterValidator(_image_source)]
 ConfigFile = Annotated[str | None, AfterValidator(_existing_file)]
@@ -102,7 +102,7 @@ class RunParams(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
     preset: Preset = _field("demo", "starting point: tiny (tests, seconds), demo (minutes on 2 CPU cores), "
-                                    "full (thesis scale)")
+                                    "thesis32 (the thesis' WGAN-GP recipe at the demo's scale), full (thesis scale)")
     config_file: ConfigFile = _field(None, "JSON or TOML file of config sections, applied after the preset",
                                      flag="config", metavar="FILE")
     overrides: dict[str, Any] | None = _field(None, "any config key, e.g. --set train.lr_g=1e-4 (values are JSON; "

@@ -82,4 +82,4 @@ def test_deployment_parameter_schema_lists_the_parameters():
     schema = parameter_schema(train_transsrgan.fn).model_dump()
     props = schema["properties"]
     assert {"preset", "data", "steps", "workers", "force", "overrides"} <= set(props)
-    assert props["preset"]["enum"] == ["tiny", "demo", "full"]
+    assert props["preset"]["enum"] == ["tiny", "demo", "thesis32", "full"]

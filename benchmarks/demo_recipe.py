@@ -1,0 +1,132 @@
+"""Choose the demo's training recipe by measurement: candidates trained for one fixed wall-clock budget each.
+
+    nice -n 5 python -m benchmarks.demo_recipe --budget-s 400 --out /tmp/demo_recipe
+
+Every candidate (a preset plus overrides) trains on the embedded digits at 32x32 with the single-process reference
+trainer (models.trainer.train, LocalGradSource, 1 torch thread): the same math as the demo's DFAGD, per step, at
+about its cost per step with one worker (DFAGD's 2 workers on 2 cores measured 0.8x of that, docs/dfagd.md). All
+candidates run at once, one process each, so they share whatever load the machine has equally; compare them by
+the steps they completed as well as by quality. Then the EMA generator's samples are scored with the product's
+digit metrics (models.metrics.digits through evaluate_images): recognisable, fd_digits and its real-vs-real floor,
+kd_digits, class_balance, and msssim_diversity. Writes demo_recipe.json, demo_recipe.md and one grid per candidate.
+"""
+
+import argparse
+import json
+import multiprocessing
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.config import EvalConfig, resolve_config
+from models.data import load_dataset
+from models.grid import make_grid, sample, save_png, to_uint8
+from models.metrics import evaluate_images
+from models.metrics.digits import load_or_train
+from models.metrics.evaluate import real_subsets
+from models.step import build_state
+from models.trainer import LocalGradSource, train
+
+SAMPLE_SEED = 0
+GRID_N = 64
+# name -> (preset, overrides). The thesis recipe is today's demo; NS + R1 is quality32's (docs/quality.md).
+NS_R1 = {"train.loss": "ns", "train.penalty": "r1", "train.gp_weight": 1.0, "train.n_critic": 1,
+         "train.lr_g": 5e-4, "train.lr_d": 5e-4, "train.betas": [0.5, 0.99], "train.ema_decay": 0.98,
+         "train.ema_start": 20}
+CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
+    "thesis_wgan_gp": ("thesis32", {}),
+    "ns_r1_demo_size": ("thesis32", NS_R1),
+    "ns_r1_q32_size": ("quality32", {}),
+    "ns_r1_q32_size_b64": ("quality32", {"train.batch_size": 64}),
+    "ns_r1_q32_size_lr1e-3": ("quality32", {"train.lr_g": 1e-3, "train.lr_d": 1e-3}),
+    # round 2: the EMA's horizon once training runs thousands of steps
+    "ns_r1_q32_size_ema0.995": ("quality32", {"train.ema_decay": 0.995}),
+    "ns_r1_q32_size_ema0.999": ("quality32", {"train.ema_decay": 0.999}),
+    "ns_r1_q32_size_lr1e-3_ema0.995": ("quality32", {"train.lr_g": 1e-3, "train.lr_d": 1e-3,
+                                                     "train.ema_decay": 0.995}),
+}
+COLUMNS = ("steps", "s_per_step", "recognisable", "fd_digits", "fd_digits_floor", "fd_ratio", "kd_digits",
+           "class_balance", "msssim_diversity", "g_params")
+
+
+def run_candidate(name: str, budget_s: float, n: int, out: str) -> dict[str, Any]:
+    """Train one candidate for budget_s wall seconds (checked before every iteration), then score its EMA G."""
+    torch.set_num_threads(1)
+    preset, overrides = CANDIDATES[name]
+    config = resolve_config(preset, {"train.steps": 10**6, "train.threads": 1, "train.log_every": 0,
+                                     "train.sample_every": 0, "train.checkpoint_every": 0, **overrides})
+    data = load_dataset("digits", config.model.resolution, config.model.channels)
+    state = build_state(config)
+    t0 = time.perf_counter()
+    train(state, LocalGradSource(data, config), should_stop=lambda: time.perf_counter() - t0 >= budget_s,
+          print_fn=None)
+    train_s = time.perf_counter() - t0
+    mc = config.model
+    fake = to_uint8(sample(state.G_ema, n, SAMPLE_SEED, mc.z_dim, mc.num_classes)).transpose(0, 3, 1, 2).copy()
+    real, partner = real_subsets(data.images, n)
+    ev = EvalConfig(n_samples=n, metrics=("msssim_diversity",), allow_random_features=True, download_weights=False,
+                    cache_real=False)
+    res = evaluate_images(fake, real, config=ev, seed=SAMPLE_SEED, floor_real=partner, domain="digits")
+    save_png(make_grid(fake[:GRID_N].transpose(0, 2, 3, 1)), Path(out) / f"{name}.png", scale=2)
+    m = res.metrics
+    return {"name": name, "preset": preset, "overrides": overrides, "steps": state.step, "train_s": round(train_s, 1),
+            "s_per_step": round(train_s / max(state.step, 1), 4),
+            "g_params": sum(p.numel() for p in state.G.parameters()),
+            **{k: m[k] for k in COLUMNS if k in m},
+            "fd_ratio": m.get("fd_digits_vs_floor", float("nan")), "real_recognisable": m.get("recognisable_real"),
+            "metrics": m}
+
+
+def markdown(report: dict[str, Any]) -> str:
+    rows = sorted(report["candidates"], key=lambda r: r["fd_ratio"])
+    lines = [f"# Demo recipe search ({report['budget_s']:.0f} s of training each, all at once)", "",
+             f"{report['conditions']}", "",
+             "| candidate | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
+    for r in rows:
+        cells = [f"{r[c]:.4g}" if isinstance(r.get(c), float) else str(r.get(c, "")) for c in COLUMNS]
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    lines += ["", "fd_ratio = fd_digits / fd_digits_floor (the same distance between two disjoint real subsets "
+              f"of n = {report['n']}); recognisable = share of samples whose top class has softmax >= 0.9.",
+              f"Real digits' own recognisable: {report['real_recognisable']}."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.demo_recipe", description=__doc__.splitlines()[0])
+    p.add_argument("--budget-s", type=float, default=300.0, help="wall seconds of training per candidate")
+    p.add_argument("--n", type=int, default=256, help="samples scored per candidate (and real images per side)")
+    p.add_argument("--candidates", nargs="+", choices=sorted(CANDIDATES), default=list(CANDIDATES))
+    p.add_argument("--out", default="demo_recipe", help="folder for demo_recipe.json/.md and the grids")
+    a = p.parse_args(argv)
+    if a.budget_s <= 0 or a.n < 16:
+        print("demo_recipe: --budget-s must be > 0 and --n >= 16", file=sys.stderr)
+        return 2
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    load_or_train(32)              # the digit classifier once, here, not raced by every candidate
+    load_before = os.getloadavg()
+    t = time.time()
+    ctx = multiprocessing.get_context("spawn")
+    with ctx.Pool(len(a.candidates)) as pool:
+        jobs = [pool.apply_async(run_candidate, (c, a.budget_s, a.n, str(out))) for c in a.candidates]
+        results = [j.get() for j in jobs]
+    load_after = os.getloadavg()
+    real = next((r["real_recognisable"] for r in results if r.get("real_recognisable") is not None), None)
+    report = {"budget_s": a.budget_s, "n": a.n, "engine": "models.trainer.train (local, 1 thread per candidate)",
+              "load_avg_before": load_before, "load_avg_after": load_after, "wall_s": round(time.time() - t, 1),
+              "cores": os.cpu_count(), "real_recognisable": real, "candidates": results,
+              "conditions": f"{len(results)} candidates in parallel, 1 torch thread each, on {os.cpu_count()} cores; "
+                            f"load average (1/5/15 min) {tuple(round(x, 2) for x in load_before)} before, "
+                            f"{tuple(round(x, 2) for x in load_after)} after; {time.time() - t:.0f} s wall in all."}
+    (out / "demo_recipe.json").write_text(json.dumps(report, indent=2, default=float))
+    (out / "demo_recipe.md").write_text(markdown(report))
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

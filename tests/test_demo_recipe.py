@@ -1,0 +1,43 @@
+"""The demo's recipe (chosen by benchmarks.demo_recipe) and the thesis' recipe kept as the preset thesis32."""
+
+import pytest
+
+from benchmarks.demo_recipe import CANDIDATES, COLUMNS, main, markdown
+from models.config import resolve_config
+
+
+def test_demo_trains_quality32s_recipe_and_thesis32_keeps_the_thesis_recipe():
+    demo, q32, thesis = resolve_config("demo"), resolve_config("quality32"), resolve_config("thesis32")
+    assert demo.model == q32.model
+    measured = {"steps": 2500, "lr_g": 1e-3, "lr_d": 1e-3, "ema_decay": 0.995}     # docs/quality.md: the search
+    cadence = ("log_every", "sample_every")
+    assert {k: v for k, v in demo.train.to_dict().items() if k in measured} == measured
+    assert ({k: v for k, v in demo.train.to_dict().items() if k not in measured and k not in cadence}
+            == {k: v for k, v in q32.train.to_dict().items() if k not in measured and k not in cadence})
+    assert (demo.train.loss, demo.train.penalty, demo.train.n_critic) == ("ns", "r1", 1)
+    assert (thesis.train.loss, thesis.train.penalty, thesis.train.n_critic, thesis.train.steps) == ("wgan", "gp", 2, 800)
+    assert (thesis.model.dim, thesis.model.depth, thesis.model.g_channels, thesis.model.d_channels) == (64, 2, 64, 32)
+    assert demo.singan.iters_per_scale == 100          # the SinGAN part of the demo preset is unchanged
+
+
+@pytest.mark.parametrize("name", sorted(CANDIDATES))
+def test_every_candidate_resolves(name):
+    preset, overrides = CANDIDATES[name]
+    assert resolve_config(preset, overrides).model.resolution == 32
+
+
+def test_the_table_is_sorted_by_the_floor_ratio_and_names_the_real_rate():
+    row = {c: 1.0 for c in COLUMNS}
+    report = {"budget_s": 60.0, "n": 256, "conditions": "test", "real_recognisable": 0.94,
+              "candidates": [{**row, "name": "b", "fd_ratio": 9.0}, {**row, "name": "a", "fd_ratio": 2.5}]}
+    lines = markdown(report).splitlines()
+    rows = [line for line in lines if line.startswith("| a ") or line.startswith("| b ")]
+    assert [r.split()[1] for r in rows] == ["a", "b"]
+    assert "| a | 1 | 1 | 1 | 1 | 1 | 2.5 |" in lines[lines.index(rows[0])]
+    assert "Real digits' own recognisable: 0.94." in lines
+
+
+def test_bad_flags_exit_2_with_one_line(capsys):
+    assert main(["--budget-s", "0"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--budget-s" in err
