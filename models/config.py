@@ -473,6 +473,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"steps": 800, "batch_size": 32, "n_critic": 2, "ema_decay": 0.99, "ema_start": 50,
                   "log_every": 25, "sample_every": 200, "checkpoint_every": 200},
         "eval": {"n_samples": 256},
+        "singan": {"max_size": 128, "channels_max": 32, "iters_per_scale": 100, "log_every": 25},
     },
     # Thesis scale: 64x64 RGB, wider and deeper; hours on CPU. SinGAN: the paper's settings.
     "full": {
