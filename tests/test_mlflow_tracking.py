@@ -180,7 +180,7 @@ def test_generator_round_trip_without_pickles(tiny_run):
     np.testing.assert_allclose(seeded, sample(state.G_ema, 4, 3, cfg.model.z_dim).numpy(), atol=1e-6)
     sig = pyfunc.metadata.signature
     assert sig.inputs.input_names() == ["seed", "label", "z"] and not sig.inputs.required_input_names()
-    assert {p.name for p in sig.params.params} == {"n", "output"}
+    assert {p.name for p in sig.params.params} == {"n", "output", "truncation"}
 
 
 @pytest.fixture(scope="module")

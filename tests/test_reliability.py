@@ -107,7 +107,7 @@ def test_unreachable_store_never_blocks_training_and_the_next_sink_sends_the_bac
     with pytest.raises(TrackingUnavailable, match="mlflow-spool.jsonl") as err:
         sink.close(timeout_s=1)
     assert str(tmp_path / "run" / "checkpoint.pt") in str(err.value) and sink.outages == 1
-    assert sink.spool.pending == 7                 # 5 metric records, the last step's sample grid and checkpoint
+    assert sink.spool.pending == 8                 # 5 metric records, the last step's grid (image, samples/ file), checkpoint
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
     with MlflowSink(run_id, checkpoint_dir=tmp_path / "run", print_fn=None) as later:   # store reachable again
         assert later.spool.pending >= 1
@@ -115,6 +115,7 @@ def test_unreachable_store_never_blocks_training_and_the_next_sink_sends_the_bac
     assert [m.step for m in client.get_metric_history(run_id, "loss_d")] == [1, 2, 3, 4, 5]
     assert [a.path for a in client.list_artifacts(run_id, "checkpoints")] == ["checkpoints/checkpoint.pt"]
     assert image_steps(client, run_id) == [5]         # the grid spooled during the outage, replayed as an image
+    assert [a.path for a in client.list_artifacts(run_id, "samples")] == ["samples/step_000005.png"]   # and by name
 
 
 def test_credentials_leave_the_tracking_uri(monkeypatch, tmp_path):
