@@ -24,6 +24,21 @@ def _isolated_home(tmp_path_factory):
         os.environ["TRANSSRGAN_HOME"] = old
 
 
+@pytest.fixture(autouse=True)
+def _mlflow_store_variables_restored():
+    """mlflow.set_tracking_uri / set_registry_uri (configure_tracking) export MLFLOW_TRACKING_URI and
+    MLFLOW_REGISTRY_URI: a test's store would otherwise reach the subprocesses of every later test (a server
+    started with only MLFLOW_TRACKING_URI would then look up models in an earlier test's registry)."""
+    names = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+    saved = {k: os.environ.get(k) for k in names}
+    yield
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
 @pytest.fixture
 def no_weights(tmp_path, monkeypatch):
     """An empty torch hub cache and no weights env var: the test sees a machine without the Inception weights."""

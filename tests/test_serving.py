@@ -116,7 +116,8 @@ def test_mlflow_models_serve_answers_invocations_and_bad_payloads_get_400(champi
     uri, G, cfg = champion
     port = free_port()
     bindir = Path(sys.executable).parent           # MLflow starts `uvicorn` by name: the venv's bin goes first
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "MLFLOW_REGISTRY_URI": uri,
+           "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '')}"}
     server = Service("mlflow models serve", [str(bindir / "mlflow"), "models", "serve",
                                              "-m", "models:/t_serve@champion", "--env-manager", "local",
                                              "-h", "127.0.0.1", "-p", str(port)],

@@ -309,7 +309,7 @@ def mlflow_pages(url: str) -> list[Page]:
     alias, descriptions)."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(url)
+    client = MlflowClient(tracking_uri=url, registry_uri=url)   # not an MLFLOW_REGISTRY_URI this process inherited
     champion = client.get_model_version_by_alias(MODEL, "champion")
     run = client.get_run(champion.run_id)
     exp = run.info.experiment_id
@@ -392,7 +392,10 @@ def take(out: Path, chromium: str, scratch: Path, say=print) -> list[str]:
     home = scratch / "home"
     with OutputFolder(out, COMMAND) as folder, running(mlflow, 180), running(prefect, 180):
         say(f"screenshots: MLflow {mlflow.url}, Prefect {prefect.api_url.removesuffix('/api')}")
-        env = {**os.environ, "PREFECT_API_URL": prefect.api_url, "PREFECT_HOME": str(scratch / "prefect"),
+        # MLflow's set_registry_uri exports MLFLOW_REGISTRY_URI: one inherited from the caller (a test session) would
+        # send the flow's registry elsewhere than its tracking server
+        inherited = {k: v for k, v in os.environ.items() if k != "MLFLOW_REGISTRY_URI"}
+        env = {**inherited, "PREFECT_API_URL": prefect.api_url, "PREFECT_HOME": str(scratch / "prefect"),
                "MLFLOW_TRACKING_URI": mlflow.url, "TRANSSRGAN_HOME": str(home), "PYTHONUNBUFFERED": "1",
                "PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable}
         say("screenshots: running the tiny train-transsrgan flow against them ...")
