@@ -6,6 +6,7 @@ import importlib
 import json
 import logging
 import math
+import os
 import re
 import sys
 import warnings
@@ -160,6 +161,7 @@ def quiet_libraries() -> Iterator[None]:
     (those blocks keep the hook they find); it sets its loggers' level when first imported, so it is imported first.
     """
     mlflow_log = logging.getLogger("mlflow")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")   # no "Downloading artifacts" bars
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         warnings.showwarning = lambda *args, **kwargs: None
