@@ -83,12 +83,16 @@ def _load() -> list[float]:
 def bench_speedup(preset: str = "demo", workers: tuple[int, ...] = (1, 2), steps: int = 10, warmup: int = 2,
                   master: str | None = None, threads_per_worker: int = 1, ddp: bool = True,
                   overrides: dict[str, Any] | None = None, compiled_peer: bool = True, roofline_numbers: bool = True,
+                  reductions: tuple[str, ...] = ("star",),
                   print_fn: Callable[[str], None] | None = print) -> dict[str, Any]:
-    """Measure (a)-(e), the roofline numbers, and fit the cost model; returns the `bench speedup` JSON dict."""
+    """Measure (a)-(e), the roofline numbers, and fit the cost model; returns the `bench speedup` JSON dict.
+
+    reductions: spark.reduction values DFAGD is timed with at every worker count; the first one's ratios are the
+    top-level keys (speedup, efficiency, vs_*), every one's are under `reductions` -> mode."""
     say = print_fn or (lambda _m: None)
     ns = sorted(set(workers) | {1})
     top = max(ns)
-    over = {"spark.threads_per_worker": threads_per_worker, **(overrides or {})}
+    over = {"spark.threads_per_worker": threads_per_worker, **(overrides or {}), "spark.reduction": reductions[0]}
     if master:
         over["spark.master"] = master
     else:
@@ -140,6 +144,16 @@ def bench_speedup(preset: str = "demo", workers: tuple[int, ...] = (1, 2), steps
             say(f"  dfagd  {n} worker(s): {wall / steps:.3f} s/iter  {breakdown}  "
                 f"({stats.bytes_sent / max(stats.iterations, 1) / 1e6:.1f} MB out per iteration; the slowest "
                 f"worker got {stats.cpu_share(threads_per_worker):.0%} of its cores while computing)")
+        other_tp: dict[str, dict[int, float]] = {reductions[0]: dfagd_tp}
+        for mode in reductions[1:]:
+            other_tp[mode] = {}
+            for n in ns:
+                cfg = bench_config(preset, n, steps, {**over, "spark.reduction": mode})
+                wall, breakdown, _ = time_dfagd(spark, cfg, data, warmup, steps)
+                other_tp[mode][n] = batch * steps / wall
+                runs.append(_run(f"dfagd_{mode}", n, batch, wall, steps, breakdown=breakdown,
+                                 peak_threads=n * threads_per_worker, reduction=mode))
+                say(f"  dfagd  {n} worker(s), spark.reduction={mode}: {wall / steps:.3f} s/iter  {breakdown}")
         for n in [n for n in ns if n > 1]:
             cfg = bench_config(preset, n, steps, over)
             old = cfg.updated(PREVIOUS_DEFAULTS)
@@ -176,6 +190,16 @@ def bench_speedup(preset: str = "demo", workers: tuple[int, ...] = (1, 2), steps
             result["vs_torch_compiled"][str(n)] = round(dfagd_tp[n] / compiled_tp, 3)
         if n in ddp_tp:
             result["vs_ddp"][str(n)] = round(dfagd_tp[n] / ddp_tp[n], 3)
+    result["reductions"] = {}
+    for mode, tp in other_tp.items():
+        result["reductions"][mode] = {
+            "speedup": {str(n): round(tp[n] / tp[1], 3) for n in ns if n > 1},
+            "efficiency": {str(n): round(tp[n] / tp[1] / n, 3) for n in ns if n > 1},
+            "vs_torch": {str(n): round(tp[n] / torch_tp, 3) for n in ns if n > 1},
+            "vs_ddp": {str(n): round(tp[n] / ddp_tp[n], 3) for n in ns if n in ddp_tp},
+            "vs_torch_compiled": {str(n): round(tp[n] / compiled_tp, 3) for n in ns if n > 1 and compiled_tp},
+            "vs_" + reductions[0]: {str(n): round(tp[n] / dfagd_tp[n], 3) for n in ns}}
+    result["primary_reduction"] = reductions[0]
     result["previous_defaults"] = {"overrides": PREVIOUS_DEFAULTS,
                                    "same_as_defaults": base.updated(PREVIOUS_DEFAULTS) == base}
     st = build_state(base)
@@ -241,6 +265,17 @@ def markdown(result: dict[str, Any]) -> str:
         lines.append(f"| {n} | {result['speedup'][n]:.2f} | {result['efficiency'][n]:.2f} | "
                      f"{result['vs_torch'][n]:.2f} | {result.get('vs_torch_compiled', {}).get(n, nan):.2f} | "
                      f"{result['vs_ddp'].get(n, nan):.2f} | {result.get('vs_previous_defaults', {}).get(n, nan):.2f} |")
+    by_mode = result.get("reductions") or {}
+    if len(by_mode) > 1:
+        first = result.get("primary_reduction", "star")
+        lines += ["", "By `spark.reduction` (each against its own 1-worker run):", "",
+                  f"| reduction | N | speed-up | efficiency | vs plain torch | vs DDP | vs {first} |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for mode, r in by_mode.items():
+            for n in r["speedup"]:
+                lines.append(f"| {mode} | {n} | {r['speedup'][n]:.2f} | {r['efficiency'][n]:.2f} | "
+                             f"{r['vs_torch'][n]:.2f} | {r['vs_ddp'].get(n, nan):.2f} | "
+                             f"{r['vs_' + first].get(n, nan):.2f} |")
     prev = result.get("previous_defaults")
     if prev and prev["same_as_defaults"]:
         lines += ["", f"The defaults are the previous ones ({prev['overrides']}): vs previous defaults is 1 by "

@@ -218,6 +218,11 @@ class SparkConfig(Section):
     # star: the driver averages every gradient and steps the one optimizer (the thesis' master reduction);
     # allreduce: every worker holds a replica and all-reduces gradients with torch.distributed (gloo / nccl)
     reduction: Literal["star", "allreduce"] = "star"
+    # allreduce only: each network's flat gradient is all-reduced in consecutive slices of at most this many MiB
+    # (PyTorch DDP's default), issued asynchronously and waited together
+    bucket_mb: float = Field(25.0, gt=0)
+    # allreduce only: start a bucket's all-reduce as soon as the backward pass has made its slice final
+    overlap: bool = False
     driver_host: str = Field("127.0.0.1", min_length=1)
     executor_memory: str = "1g"                 # JVM heap per executor: 512m, 1g, 2gb
     task_max_failures: PositiveInt = 4          # attempts of the DFAGD barrier stage and of tasks

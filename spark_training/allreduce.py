@@ -2,12 +2,14 @@
 
 spark.reduction = "allreduce". The tasks find each other with BarrierTaskContext.allGather (address, store port,
 CUDA), form a process group (gloo on CPU, NCCL when train.device resolves to cuda) and each runs
-models.trainer.train() with an AllReduceGradSource: its partitions' mean gradient, summed over the workers in one
-flat buffer per network (reused every update) and divided by N. Every replica then takes the same clip, Adam and
-EMA step (models.step.apply_update): identical inputs and deterministic arithmetic keep the replicas bitwise equal,
-which a fingerprint all-gather checks every train.log_every steps. Per host, gradients are summed at the host's
-first rank, all-reduced among those leaders and broadcast back (only when some host runs several workers and
-there are several hosts; otherwise the flat all-reduce is already the cheapest).
+models.trainer.train() with an AllReduceGradSource: its partitions' mean gradient, summed over the workers in
+buckets of at most spark.bucket_mb (slices of one flat buffer per network, reused every update; in
+spark.exchange_dtype on the wire; with spark.overlap started from inside the backward pass) and divided by N.
+Every replica then takes the same clip, Adam and EMA step (models.step.apply_update): identical inputs and
+deterministic arithmetic keep the replicas bitwise equal, which a fingerprint all-gather checks every
+train.log_every steps. Per host, gradients are summed at the host's first rank, all-reduced among those leaders
+and broadcast back (only when some host runs several workers and there are several hosts; otherwise the flat
+all-reduce is already the cheapest).
 
 The driver only talks to rank 0, off the critical path (a sender thread there): it sends the starting state once
 per stage attempt and gets progress lines, metrics, and the full state at sample and checkpoint steps. A failed
@@ -16,6 +18,7 @@ functions of the step, so the weights end equal to an uninterrupted run's.
 """
 
 import datetime
+import itertools
 import json
 import os
 import queue
@@ -40,7 +43,7 @@ from spark_training.exchange import Message, ProtocolError, connect, recv_messag
 from spark_training.reduction import DFAGDError
 from spark_training.worker import PartitionWorker
 
-__all__ = ["AllReduceSpec", "AllReduceGradSource", "Collective", "ReplicaMismatchError", "AllReduceDriver",
+__all__ = ["AllReduceSpec", "AllReduceGradSource", "BucketedSum", "Collective", "ReplicaMismatchError", "AllReduceDriver",
            "AllReduceJob", "host_groups", "pack_state", "unpack_state", "fingerprint", "make_allreduce_task"]
 
 GROUP_TIMEOUT = datetime.timedelta(seconds=600)
@@ -110,20 +113,38 @@ class Collective:
 
     def allreduce_sum(self, t: torch.Tensor) -> None:
         """In place: every rank ends with the same sum (the leaders' result is broadcast, so bytes agree)."""
+        self.finish_sums([(t, self.start_sum(t))])
+
+    def start_sum(self, t: torch.Tensor) -> dist.Work:
+        """Start summing `t` in place, asynchronously; finish_sums completes it. Every rank must start the same
+        tensors in the same order (gloo and NCCL match collectives by the order they were issued)."""
         if not self.hierarchical:
-            self.world.allreduce([t]).wait()
+            return self.world.allreduce([t])
+        opts = dist.ReduceOptions()
+        opts.rootRank, opts.reduceOp = 0, dist.ReduceOp.SUM
+        return self.local.reduce([t], opts)                  # host sum at the host's first rank
+
+    def finish_sums(self, started: list[tuple[torch.Tensor, dist.Work]]) -> None:
+        """Wait for started sums, in order; per host, then the leaders' all-reduces and the broadcasts back, each
+        stage issued for every tensor at once and waited together."""
+        for _, work in started:
+            work.wait()
+        if not self.hierarchical:
             return
-        reduce_opts = dist.ReduceOptions()
-        reduce_opts.rootRank, reduce_opts.reduceOp = 0, dist.ReduceOp.SUM
-        self.local.reduce([t], reduce_opts).wait()            # host sum at the host's first rank
-        if self.leaders is not None:
-            self.leaders.allreduce([t]).wait()                # one rank per host crosses the network
-        self.broadcast(t, self.local)
+        if self.leaders is not None:                          # one rank per host crosses the network
+            for work in [self.leaders.allreduce([t]) for t, _ in started]:
+                work.wait()
+        for work in [self._broadcast(t, self.local) for t, _ in started]:
+            work.wait()
 
     def broadcast(self, t: torch.Tensor, group=None) -> None:
+        self._broadcast(t, group or self.world).wait()
+
+    @staticmethod
+    def _broadcast(t: torch.Tensor, group) -> dist.Work:
         opts = dist.BroadcastOptions()
         opts.rootRank, opts.rootTensor = 0, 0
-        (group or self.world).broadcast([t], opts).wait()
+        return group.broadcast([t], opts)
 
     def allgather(self, t: torch.Tensor) -> list[torch.Tensor]:
         out = [torch.empty_like(t) for _ in range(self.size)]
@@ -152,62 +173,136 @@ class ReplicaTiming:
     exchange_s: float = 0.0
 
 
-class AllReduceGradSource:
-    """GradSource of one replica: its partitions' mean gradient, averaged over all workers by one all-reduce.
+class BucketedSum:
+    """One network's gradient summed over the workers in slices ("buckets") of at most `bucket_bytes` on the wire.
 
-    Buffer per network: [gradient (n,) | loss statistics | compute seconds per rank | stop flag]; the statistics
-    travel with the gradient, so every replica sees the same losses and skips the same non-finite updates; rank 0
+    `grad` (n,) float32 receives this worker's mean gradient and ends as the workers' mean. The wire is `grad`
+    itself (float32) or a 16-bit copy (spark.exchange_dtype), summed in that type by the collective and widened
+    after. Buckets start in one fixed order, the end of the vector first (a backward pass makes the last layers'
+    gradients first), each only after every earlier one: every rank issues the same sequence of collectives,
+    whatever order its hooks fire in.
+    """
+
+    def __init__(self, sizes: list[int], collective: Collective, wire: torch.dtype, bucket_bytes: float,
+                 device: torch.device):
+        n = sum(sizes)
+        self.collective, self.sizes = collective, sizes
+        self.offsets = [0, *itertools.accumulate(sizes)][:-1]
+        self.grad = torch.zeros(n, device=device)
+        self.wire = self.grad if wire == torch.float32 else torch.zeros(n, dtype=wire, device=device)
+        per = max(1, int(bucket_bytes) // self.wire.element_size())          # elements per bucket
+        count = -(-n // per)
+        self.buckets = [(k * per, min((k + 1) * per, n)) for k in reversed(range(count))]   # [a, b) in start order
+        # the buckets each parameter's slice falls in, and how many parameters each bucket waits for
+        self.buckets_of = [[count - 1 - k for k in range(o // per, (o + m - 1) // per + 1)] if m else []
+                           for o, m in zip(self.offsets, sizes)]
+        self.needs = [0] * count
+        for bs in self.buckets_of:
+            for b in bs:
+                self.needs[b] += 1
+        self.begin()
+
+    def begin(self) -> None:
+        """Before each update's gradient."""
+        self.waiting, self.next = list(self.needs), 0
+        self.started: list[tuple[torch.Tensor, dist.Work]] = []
+
+    def final(self, j: int, value: torch.Tensor) -> None:
+        """Parameter j's slice is final (worker.OnFinal): copy it in, start every bucket that is now complete."""
+        o = self.offsets[j]
+        self.grad[o:o + self.sizes[j]].copy_(value)
+        for b in self.buckets_of[j]:
+            self.waiting[b] -= 1
+        self._start_ready()
+
+    def all_final(self, grad: torch.Tensor) -> None:
+        """The whole gradient at once (no overlap): start every bucket."""
+        self.grad.copy_(grad)
+        self.waiting = [0] * len(self.buckets)
+        self._start_ready()
+
+    def _start_ready(self) -> None:
+        while self.next < len(self.buckets) and self.waiting[self.next] == 0:
+            a, b = self.buckets[self.next]
+            w = self.wire[a:b]
+            if self.wire is not self.grad:
+                w.copy_(self.grad[a:b])                       # rounded to the wire's 16 bits
+            self.started.append((w, self.collective.start_sum(w)))
+            self.next += 1
+
+    def finish(self, tail: torch.Tensor) -> torch.Tensor:
+        """Sum `tail` (float32, after the buckets), wait for everything; returns `grad`, now the workers' mean."""
+        assert self.next == len(self.buckets), "a slice of the gradient was never final"
+        self.collective.finish_sums([*self.started, (tail, self.collective.start_sum(tail))])
+        self.started = []
+        if self.wire is not self.grad:
+            self.grad.copy_(self.wire)
+        return self.grad.div_(self.collective.size)
+
+
+class AllReduceGradSource:
+    """GradSource of one replica: its partitions' mean gradient, averaged over all workers by all-reduce.
+
+    Per update and network: the gradient in buckets (BucketedSum; with `overlap`, started from inside the backward
+    pass), then a float32 tail [loss statistics | compute seconds per rank | stop flag]. The statistics travel
+    with the gradient, so every replica sees the same losses and skips the same non-finite updates; rank 0
     raises the stop flag when the driver asks to stop, and every replica stops after the same step.
     """
 
-    def __init__(self, pw: PartitionWorker, collective: Collective, check_every: int, attempt: int = 0):
+    def __init__(self, pw: PartitionWorker, collective: Collective, check_every: int, attempt: int = 0, *,
+                 bucket_mb: float = 25.0, overlap: bool = False, exchange_dtype: str = "float32"):
         self.pw, self.collective = pw, collective
         self.rank, self.attempt, self.check_every = collective.rank, attempt, check_every
-        self.buffers: dict[str, torch.Tensor] = {}
+        self.bucket_bytes, self.overlap, self.wire = bucket_mb * 2**20, overlap, getattr(torch, exchange_dtype)
+        self.sums: dict[str, BucketedSum] = {}
         self.stop_wanted = False        # set on rank 0 by the driver's "stop"
         self.stop_requested = False     # the all-reduced flag: the same on every rank
         self.timing = ReplicaTiming()
 
-    def _mean(self, key: str, grad: torch.Tensor, stats: dict[str, float], compute_s: float, cpu_s: float
-              ) -> tuple[torch.Tensor, dict[str, float]]:
-        names, n, size = sorted(stats), grad.numel(), self.collective.size
+    def _sum(self, key: str) -> BucketedSum:
+        if key not in self.sums:
+            net = self.pw.G if key == "g" else self.pw.D
+            self.sums[key] = BucketedSum([p.numel() for p in params_of(net)], self.collective, self.wire,
+                                         self.bucket_bytes, self.pw.device)
+        return self.sums[key]
+
+    def _mean(self, key: str, step: int, phase: int) -> tuple[torch.Tensor, dict[str, float]]:
+        buckets, size = self._sum(key), self.collective.size
+        buckets.begin()
+        t0, c0 = time.perf_counter(), time.process_time()
+        grad, stats = self.pw.gradient(step, phase, buckets.final if self.overlap else None)
+        t1 = time.perf_counter()
+        compute_s, cpu_s = t1 - t0, time.process_time() - c0
+        if not self.overlap:
+            buckets.all_final(grad)
+        names = sorted(stats)
         k = len(names)
-        buf = self.buffers.get(key)
-        if buf is None:     # [gradient (n,) | statistics (k,) | each rank's compute seconds (size,) | stop flag]
-            buf = self.buffers[key] = torch.zeros(n + k + size + 1, device=self.pw.device)
-        t0 = time.perf_counter()
-        buf[:n].copy_(grad)
         tail = torch.zeros(k + size + 1)
         tail[:k] = torch.tensor([stats[name] for name in names])
         tail[k + self.rank] = compute_s
         tail[-1] = 1.0 if self.stop_wanted else 0.0
-        buf[n:].copy_(tail)
-        self.collective.allreduce_sum(buf)
-        buf[:n].div_(size)
-        values = buf[n:].tolist()
+        tail = tail.to(self.pw.device)
+        mean = buckets.finish(tail)
+        values = tail.tolist()
         self.stop_requested = values[-1] > 0
-        # Like star's breakdown: compute = the slowest worker's; exchange = the all-reduce less the wait for it
+        # Like star's breakdown: compute = the slowest worker's; exchange = what is left after the backward pass,
+        # less the wait for that worker (with overlap, the part hidden behind the backward pass is not counted)
         slowest = max(values[k:k + size])
         self.timing.compute_s += slowest
         self.timing.compute_cpu_s += cpu_s
-        self.timing.exchange_s += max(time.perf_counter() - t0 - (slowest - compute_s), 0.0)
+        self.timing.exchange_s += max(time.perf_counter() - t1 - (slowest - compute_s), 0.0)
         self.timing.reductions += 1
-        return buf[:n], {name: v / size for name, v in zip(names, values[:k])}
-
-    def _local(self, step: int, phase: int) -> tuple[torch.Tensor, dict[str, float], float, float]:
-        t0, c0 = time.perf_counter(), time.process_time()
-        grad, stats = self.pw.gradient(step, phase)
-        return grad.to(self.pw.device), stats, time.perf_counter() - t0, time.process_time() - c0
+        return mean, {name: v / size for name, v in zip(names, values[:k])}
 
     def d_grad(self, state: GANState, step: int, k: int) -> tuple[torch.Tensor, dict[str, float]]:
-        return self._mean("d", *self._local(step, k))
+        return self._mean("d", step, k)
 
     def g_grad(self, state: GANState, step: int) -> tuple[torch.Tensor, dict[str, float]]:
         from models.step import G_PHASE
 
         if self.check_every and step % self.check_every == 0:
             self.check_replicas(state, step)
-        out = self._mean("g", *self._local(step, G_PHASE))
+        out = self._mean("g", step, G_PHASE)
         self.timing.iterations += 1
         return out
 
@@ -352,7 +447,9 @@ def run_replica(spec: AllReduceSpec, ctx, blocks: dict[int, ImageSet], threads: 
     pw = PartitionWorker(spec.config, spec.n_items, blocks, str(device.type))
     pw.G, pw.D = state.G, state.D                                  # the worker computes on the replica itself
     attempt = int(meta["attempt"])                                 # stage attempts the driver has seen, from 0
-    source = AllReduceGradSource(pw, collective, cfg.train.log_every or 25, attempt)
+    sc = cfg.spark
+    source = AllReduceGradSource(pw, collective, cfg.train.log_every or 25, attempt, bucket_mb=sc.bucket_mb,
+                                 overlap=sc.overlap, exchange_dtype=sc.exchange_dtype)
     grads = spec.wrap_source(source) if spec.wrap_source else source
     callbacks: dict[str, Any] = {"print_fn": None}
     if link is not None:

@@ -14,7 +14,7 @@ from models.config import Config
 from models.data import ImageSet, load_dataset
 from models.step import build_state
 from models.trainer import train
-from spark_training.dfagd import DFAGDJob, DFAGDStats, validate_dfagd
+from spark_training.dfagd import DFAGDJob, DFAGDStats, train_dfagd, validate_dfagd
 from spark_training.session import spark_session
 
 __all__ = ["time_dfagd", "probe_config", "speedup_probe", "measure_speedup"]
@@ -22,8 +22,12 @@ __all__ = ["time_dfagd", "probe_config", "speedup_probe", "measure_speedup"]
 
 def time_dfagd(spark: Any, cfg: Config, data: ImageSet, warmup: int,
                steps: int) -> tuple[float, dict[str, float], DFAGDStats]:
-    """One long-lived DFAGD job on a fresh state; returns (seconds for `steps`, breakdown per iteration, stats)."""
+    """One long-lived DFAGD job on a fresh state; returns (seconds for `steps`, breakdown per iteration, stats).
+
+    spark.reduction decides what is timed: `star` through the driver, `allreduce` among the workers' replicas."""
     validate_dfagd(cfg)
+    if cfg.spark.reduction == "allreduce":
+        return _time_allreduce(spark, cfg, data, warmup, steps)
     state = build_state(cfg)
     with DFAGDJob(spark, cfg, data) as source:
         train(state, source, steps=warmup, print_fn=None)
@@ -33,6 +37,30 @@ def time_dfagd(spark: Any, cfg: Config, data: ImageSet, warmup: int,
         wall = time.perf_counter() - t0
         stats = source.stats
     return wall, {k: round(v, 4) for k, v in stats.breakdown(wall).items()}, stats
+
+
+def _time_allreduce(spark: Any, cfg: Config, data: ImageSet, warmup: int,
+                    steps: int) -> tuple[float, dict[str, float], DFAGDStats]:
+    """time_dfagd for spark.reduction=allreduce: rank 0 runs the loop, so the clock is the driver's receipt of rank
+    0's log lines at the last warm-up step and at the last step (one log per step; the relay is off rank 0's
+    critical path), and the breakdown is rank 0's cumulative timing between those two lines."""
+    warmup = max(warmup, 1)            # the first log line marks the start: the job's start-up stays untimed
+    cfg = cfg.updated({"train.steps": warmup + steps, "train.log_every": 1})
+    stats = DFAGDStats()
+    marks: dict[int, tuple[float, dict[str, Any]]] = {}
+
+    def on_log(state: Any, _metrics: dict[str, float]) -> None:
+        if state.step in (warmup, warmup + steps):
+            marks[state.step] = (time.perf_counter(), dict(stats.__dict__))
+
+    train_dfagd(cfg, state=build_state(cfg), spark=spark, data=data, print_fn=None, stats_out=stats, on_log=on_log)
+    if len(marks) != 2:
+        raise RuntimeError(f"time_dfagd: rank 0 relayed no log line for step(s) "
+                           f"{sorted({warmup, warmup + steps} - set(marks))}")
+    (t0, first), (t1, last) = marks[warmup], marks[warmup + steps]
+    window = DFAGDStats(**{k: last[k] - first[k] for k in last})
+    wall = t1 - t0
+    return wall, {k: round(v, 4) for k, v in window.breakdown(wall).items()}, window
 
 
 def probe_config(config: Config, steps: int, *, single: bool) -> Config:

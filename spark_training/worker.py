@@ -7,6 +7,7 @@ Nothing on that path allocates per update: weights arrive in place in the connec
 copied into the replicas, and each network's gradient is summed in one flat buffer that is then sent as is.
 """
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -35,6 +36,9 @@ from spark_training.exchange import Buffers, Message, connect, recv_message, sen
 # Called by a worker before it answers a request: (worker, attempt, request number from 1). It travels pickled
 # inside WorkerSpec, so executors must be able to unpickle it (importable there, or pickled by value).
 OnRequest = Callable[[int, int, int], None]
+# Called during the last owned partition's backward pass with (parameter index, its slice of the mean gradient)
+# as soon as that slice is final, so its all-reduce can start while the backward pass goes on.
+OnFinal = Callable[[int, torch.Tensor], None]
 
 
 @dataclass
@@ -93,10 +97,12 @@ class PartitionWorker:
             self._grads[key] = torch.empty(sum(p.numel() for p in params), device=self.device)
         return self._grads[key]
 
-    def gradient(self, step: int, phase: int) -> tuple[torch.Tensor, dict[str, float]]:
+    def gradient(self, step: int, phase: int, on_final: OnFinal | None = None) -> tuple[torch.Tensor, dict[str, float]]:
         """Mean over owned partitions of each partition's mean gradient; float32 on CPU.
 
         The vector is this worker's buffer for the network: the next gradient of that network overwrites it.
+        With `on_final`, each parameter's slice is finished (summed and divided) inside the last partition's
+        backward pass, when autograd hands over that parameter's gradient; the bits are the same either way.
         """
         c, tc = self.cfg, self.cfg.train
         nets = self.nets()
@@ -104,6 +110,7 @@ class PartitionWorker:
         params = params_of(net)
         total = self._buffer(which, params)
         stats: dict[str, float] = {}
+        n = len(self.blocks)
         for i, (p, block) in enumerate(sorted(self.blocks.items())):
             noise = draw_noise(tc.seed, step, phase, tc.batch_size, c.model.z_dim, c.model.num_classes,
                                start=p * self.b, stop=(p + 1) * self.b)
@@ -117,15 +124,59 @@ class PartitionWorker:
                 real = real.to(self.device)
                 labels = labels.to(self.device) if labels is not None else None
                 loss, s = d_loss(nets.G, nets.D, real, labels, noise, tc, nets.D_penalty)
-            if i == 0:
+            if on_final is not None and i == n - 1:
+                _final_backward(loss, params, total, i == 0, n, on_final)
+            elif i == 0:
                 flat_grad(loss, params, out=total)
             else:
                 total.add_(flat_grad(loss, params, out=self._buffer(which + "+", params)))
             for k, v in s.items():
                 stats[k] = stats.get(k, 0.0) + float(v)
-        n = len(self.blocks)
         assert stats, "a worker owns at least one partition"
-        return total.div_(n).cpu(), {k: v / n for k, v in stats.items()}
+        if on_final is None:
+            total.div_(n)
+        return total.cpu(), {k: v / n for k, v in stats.items()}
+
+
+def _final_backward(loss: torch.Tensor, params: list[torch.nn.Parameter], total: torch.Tensor, first: bool, n: int,
+                    on_final: OnFinal) -> None:
+    """The last partition's backward: a hook per parameter finishes its slice of `total` (the earlier partitions'
+    sum, or nothing when this is the only one) with the same add and divide as gradient(), then reports it.
+
+    A leaf's hook fires once, with its whole gradient: autograd sums every path into it first, the gradient
+    penalty's double backward included.
+    """
+    slices, i = [], 0
+    for p in params:
+        slices.append(total[i:i + p.numel()])
+        i += p.numel()
+
+    def finish(j: int, g: torch.Tensor | None) -> None:
+        dst = slices[j]
+        if g is None:
+            if first:
+                dst.zero_()                              # unused parameter: flat_grad writes zeros
+        elif first:
+            dst.copy_(g.reshape(-1))
+        else:
+            dst.add_(g.reshape(-1))
+        on_final(j, dst.div_(n))
+
+    done = [False] * len(params)
+
+    def hook(j: int, g: torch.Tensor) -> None:
+        done[j] = True
+        finish(j, g)
+
+    handles = [p.register_hook(functools.partial(hook, j)) for j, p in enumerate(params)]
+    try:
+        torch.autograd.grad(loss, params, allow_unused=True)
+    finally:
+        for h in handles:
+            h.remove()
+    for j in range(len(params)):
+        if not done[j]:
+            finish(j, None)
 
 
 def owned_partitions(worker: int, workers: int, partitions: int) -> list[int]:

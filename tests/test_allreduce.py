@@ -9,11 +9,19 @@ import pytest
 import torch
 
 from models.config import ConfigError, resolve_config
-from models.data import load_dataset
-from models.step import build_state, get_flat
+from models.data import ImageSet, load_dataset
+from models.step import G_PHASE, build_state, get_flat
 from models.trainer import LocalGradSource, train
-from spark_training.allreduce import Collective, fingerprint, host_groups, pack_state, unpack_state
-from spark_training.dfagd import DFAGDError, DFAGDHooks, DFAGDStats, train_dfagd, validate_dfagd
+from spark_training.allreduce import (
+    BucketedSum,
+    Collective,
+    fingerprint,
+    host_groups,
+    pack_state,
+    unpack_state,
+)
+from spark_training.dfagd import DFAGDError, DFAGDHooks, DFAGDStats, shard, train_dfagd, validate_dfagd
+from spark_training.worker import PartitionWorker
 
 STEPS = 3
 
@@ -110,6 +118,53 @@ def test_per_host_all_reduce_sums_like_the_flat_one(hosts):
         assert torch.equal(out[r][1], out[0][1])                        # every replica gets the same bits
 
 
+@pytest.mark.parametrize("wire", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("hosts", [["h"] * 3, ["a", "a", "b"]])
+def test_buckets_sum_like_one_all_reduce_whatever_order_the_slices_become_final(hosts, wire):
+    sizes = [5, 0, 300, 7, 1000, 2]                       # a 64-byte bucket holds 16 float32 or 32 bf16 elements
+    values = [torch.randn(sum(sizes), generator=torch.Generator().manual_seed(r)) for r in range(len(hosts))]
+
+    def body(col):
+        s = BucketedSum(sizes, col, wire, 64, torch.device("cpu"))
+        assert len(s.buckets) == -(-sum(sizes) // (64 // s.wire.element_size()))
+        out = []
+        for update in range(2):                            # buffers are reused: a second update sums afresh
+            s.begin()
+            order = torch.randperm(len(sizes), generator=torch.Generator().manual_seed(10 * col.rank + update))
+            mine = values[col.rank] * (update + 1)
+            for j in order.tolist():                       # each rank finishes its slices in its own order
+                s.final(j, mine[s.offsets[j]:s.offsets[j] + sizes[j]])
+            tail = torch.tensor([float(col.rank)])
+            out.append((s.finish(tail).clone(), tail.item()))
+        return out
+
+    out = _threads(hosts, body)
+    for update in range(2):
+        addends = [(v * (update + 1)).to(wire) for v in values]
+        expect = torch.stack(addends).float().sum(0) / len(hosts)
+        for r in out:
+            mean, tail = out[r][update]
+            assert tail == sum(range(len(hosts)))
+            assert torch.allclose(mean, expect, atol=1e-5 if wire == torch.float32 else 0.05)
+            assert torch.equal(mean, out[0][update][0])     # every replica gets the same bits
+
+
+@pytest.mark.parametrize("phase", [0, G_PHASE])
+@pytest.mark.parametrize("partitions", [1, 2])
+def test_gradient_finished_inside_the_backward_pass_has_the_same_bits(digits16, partitions, phase):
+    c = cfg(1, **{"data.partitions": partitions})
+    blocks = {p: ImageSet(*arrays, f"partition {p}") for p, arrays in shard(digits16, c)[0][1].items()}
+    pw = PartitionWorker(c.to_dict(), len(digits16), blocks)
+    plain, stats = pw.gradient(3, phase)
+    plain = plain.clone()
+    reported: dict[int, torch.Tensor] = {}
+    hooked, hooked_stats = pw.gradient(3, phase, on_final=lambda j, v: reported.setdefault(j, v.clone()))
+    params = list((pw.G if phase == G_PHASE else pw.D).parameters())
+    assert sorted(reported) == list(range(len(params)))   # every parameter reported once
+    assert torch.equal(hooked, plain) and hooked_stats == stats
+    assert torch.equal(torch.cat([reported[j] for j in range(len(params))]), plain)
+
+
 def test_cuda_allreduce_without_cuda_is_a_config_error():
     if torch.cuda.is_available():
         pytest.skip("this machine has CUDA")
@@ -188,6 +243,32 @@ def test_allreduce_equals_star_and_the_reference_and_repeats_bitwise(spark, digi
     _assert_close(a, reference)
     _assert_close(a, star)
     assert torch.equal(_flat(a), _flat(b))                                # the same mode repeats bitwise
+
+
+@pytest.fixture(scope="module")
+def one_buffer(spark, digits16):
+    """The all-reduce of one buffer per network after the backward pass (the tiny preset's gradients < 1 MiB)."""
+    return train_dfagd(cfg(2, **{"spark.overlap": False}), spark=spark, data=digits16, print_fn=None)
+
+
+@pytest.mark.parametrize("over", [{"spark.bucket_mb": 0.01, "spark.overlap": False},     # 39 + 17 buckets
+                                  {"spark.bucket_mb": 0.01, "spark.overlap": True},
+                                  {"spark.bucket_mb": 25.0, "spark.overlap": True}])
+def test_buckets_and_overlap_match_the_reference_and_the_one_buffer_bitwise(spark, digits16, reference, one_buffer,
+                                                                            over):
+    # train.log_every=1: every step all-gathers the replicas' fingerprints, so they stayed bitwise equal
+    state = train_dfagd(cfg(2, **over), spark=spark, data=digits16, print_fn=None)
+    _assert_close(state, reference)
+    assert torch.equal(_flat(state), _flat(one_buffer))    # at N = 2 a sum is one addition, in any slicing
+
+
+def test_bfloat16_on_the_wire_stays_near_float32_and_repeats_bitwise(spark, digits16, reference):
+    c = cfg(2, **{"spark.exchange_dtype": "bfloat16", "spark.bucket_mb": 0.01, "spark.overlap": True})
+    a = train_dfagd(c, spark=spark, data=digits16, print_fn=None)
+    b = train_dfagd(c, spark=spark, data=digits16, print_fn=None)
+    assert torch.equal(_flat(a), _flat(b))
+    _assert_close(a, reference, atol=2e-3)                 # 8 bits of mantissa, 3 Adam steps of lr 2e-4
+    assert not torch.equal(_flat(a), _flat(reference))
 
 
 class CorruptReplica:

@@ -105,3 +105,18 @@ def test_speedup_probe_times_n_workers_and_one_side_by_side(spark, digits16, mon
     assert (p["dfagd_s_per_iter"], p["dfagd_1_worker_s_per_iter"]) == (wall_n / 2, wall_1 / 2)
     assert p["speedup_vs_1_worker"] == pytest.approx(wall_1 / wall_n)
     assert p["efficiency"] == pytest.approx(wall_1 / wall_n / 2)
+
+
+def test_time_dfagd_times_allreduce_between_rank0s_log_lines(spark, digits16):
+    """spark.reduction=allreduce is timed on its own path (rank 0 runs the loop): exactly the timed iterations'
+    reductions, with rank 0's compute and all-reduce time, not a star job's."""
+    from spark_training.speedup_probe import time_dfagd
+
+    c = cfg(2, **{"spark.reduction": "allreduce", "train.log_every": 5})
+    wall, breakdown, stats = time_dfagd(spark, c, digits16, 1, 3)
+    assert stats.iterations == 3
+    assert stats.reductions == 3 * (c.train.n_critic + 1)
+    assert stats.bytes_sent == 0                      # nothing went through the driver's reduction server
+    assert wall > 0 and breakdown["compute_s"] > 0 and breakdown["exchange_s"] > 0
+    assert breakdown["compute_s"] + breakdown["exchange_s"] + breakdown["scheduling_s"] == pytest.approx(wall / 3,
+                                                                                                           rel=1e-3)

@@ -1,6 +1,7 @@
 """DFAGD's pure pieces without Spark: wire protocol, averaging, per-partition math, reconnects, cost model."""
 
 import math
+import re
 import socket
 import threading
 
@@ -172,6 +173,20 @@ def test_bad_settings_name_the_setting():
         check_settings(SparkConfig(master="locl[2]"))
     with pytest.raises(ConfigError, match="spark.sync_every"):
         validate_dfagd(cfg(**{"spark.sync_every": 2}))
+
+
+@pytest.mark.parametrize("key,value,expected", [
+    ("spark.bucket_mb", -1, r"expected > 0\.0, got -1$"),
+    ("spark.bucket_mb", 0, r"expected > 0\.0, got 0$"),
+    ("spark.bucket_mb", "big", r"expected a number, got 'big'$"),
+    ("spark.bucket_mb", float("inf"), r"expected a finite number, got inf$"),
+    ("spark.overlap", "yes", r"expected true or false, got 'yes'$"),
+    ("spark.overlap", 1, r"expected true or false, got 1$"),
+])
+def test_bad_all_reduce_settings_get_one_line_naming_the_setting(key, value, expected):
+    with pytest.raises(ConfigError, match=f"^{re.escape(key)}: {expected}") as err:
+        cfg(**{key: value})
+    assert "\n" not in str(err.value)
 
 
 def test_unreachable_master_fails_fast(monkeypatch):

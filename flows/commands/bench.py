@@ -48,7 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                                          "Prints a table and a cost-model prediction for bigger clusters.")
     s.add_argument("--workers", type=_worker_list, default=(1, 2), metavar="N,M",
                    help="DFAGD worker counts to measure (1 is always included); default 1,2")
-    s.add_argument("--preset", choices=["tiny", "demo", "full"], default="demo", help="model/batch preset (default demo)")
+    s.add_argument("--preset", choices=["tiny", "demo", "thesis32", "quality32", "full"], default="demo",
+                   help="model/batch preset (default demo; thesis32 is the thesis' recipe at the demo's size)")
+    s.add_argument("--reductions", type=_mode_list, default=("star", "allreduce"), metavar="M,N",
+                   help="spark.reduction values to time DFAGD with, side by side (default star,allreduce; the "
+                        "ratios without a suffix are star's)")
     s.add_argument("--steps", type=int, default=10, metavar="N", help="timed iterations per run (default 10)")
     s.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed iterations first (default 2)")
     s.add_argument("--spark-master", metavar="URL", help="spark.master (default local[max workers])")
@@ -68,8 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--modes", type=_mode_list, default=("star", "allreduce"), metavar="M,N",
                    help="spark.reduction values, default star,allreduce")
     c.add_argument("--preset", choices=["tiny", "demo", "full"], default="demo", help="model/batch preset (default demo)")
-    c.add_argument("--steps", type=int, default=4, metavar="N", help="timed iterations per run (default 4)")
-    c.add_argument("--warmup", type=int, default=1, metavar="N", help="untimed iterations first (default 1)")
+    c.add_argument("--steps", type=int, default=8, metavar="N", help="timed iterations per run (default 8)")
+    c.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed iterations first (default 2)")
     c.add_argument("--json", metavar="FILE", help=f"write the result JSON here; {REFUSAL}")
     c.add_argument("--markdown", metavar="FILE", help=f"write the Markdown tables here; {REFUSAL}")
     c.add_argument("--figure", metavar="FILE.png", help=f"measured vs predicted exchange; {REFUSAL}")
@@ -95,7 +99,7 @@ def run_speedup(args: argparse.Namespace) -> int:
     from benchmarks.speedup import bench_speedup, markdown
 
     result = bench_speedup(args.preset, args.workers, args.steps, args.warmup, args.spark_master,
-                           args.threads_per_worker, ddp=not args.no_ddp)
+                           args.threads_per_worker, ddp=not args.no_ddp, reductions=args.reductions)
     _report(result, markdown(result), args, "bench speedup")
     _log_mlflow(result)
     return 0
