@@ -135,12 +135,19 @@ def predict_grid(model: CostModel, executors: tuple[int, ...] = (8, 32, 128),
 
 # -- exchange per reduction mode over a network of hosts, fitted to the emulated cluster (`bench cluster`) --------------
 #
-#   exchange(mode, N, bw) = R * (r0 + steps(mode, N) * s) + (k / bw + c) * link_bytes(mode, N)    seconds / iteration
+#   exchange(mode, N, link) = R * (r0 + op + steps(mode, N) * (hop + g * contention))
+#                           + (k / bw + c) * link_bytes(mode, N)                                  seconds / iteration
 #   R = n_critic + 1 reductions; steps = sequential messages of one reduction (star: request + reply = 2; ring
 #   all-reduce: 2 (N - 1)); link_bytes = what the busiest link carries in one direction per iteration (star: the
-#   driver's, N x every reduction's bytes; ring: each worker's, 2 (N - 1) / N x every reduction's bytes). r0 (per
-#   reduction), s (per message), k (1 / the share of the link a transfer really gets) and c (CPU seconds per byte
-#   for copies, (de)serialization and the sums, whatever the link) are fitted per mode, all >= 0.
+#   driver's, N x every reduction's bytes; ring: each worker's, 2 (N - 1) / N x every reduction's bytes).
+#   Measured, not fitted (a `Link`, from bench cluster's idle link probe): hop = one small message's one-way time
+#   (half a gloo point-to-point round trip), op = what an idle all-reduce of a tiny tensor takes beyond its
+#   2 (N - 1) hops (issuing the collective: gloo's work thread, Python; 0 for star, whose path is Spark's), bw = the
+#   bandwidth a reduction-sized transfer gets; contention = max(0, processes - cores) / cores of the machine the run
+#   shares (0 on dedicated hosts). Fitted per mode, all >= 0: r0 (per reduction: flattening, Spark's task round
+#   trip for star), g (the extra wait per message per unit of contention: a hop waits for its receiver to get a
+#   core), k (1 / the share of the probed bandwidth a training transfer gets) and c (CPU seconds per byte: copies,
+#   (de)serialization, sums).
 MODES = ("star", "allreduce")
 
 
@@ -172,53 +179,122 @@ def message_steps(mode: str, n: int) -> int:
     return 0 if n <= 1 else (2 if mode == "star" else 2 * (n - 1))
 
 
+def contention(processes: int, cores: int) -> float:
+    """Processes beyond the cores, per core: how many others a message's receiver may wait behind for a core."""
+    return max(0, processes - cores) / max(cores, 1)
+
+
+@dataclass
+class Link:
+    """What a host's link costs, measured idle: one message's hop, a reduction's fixed part and the bandwidth;
+    plus the CPU contention of the run on it."""
+
+    message_s: float
+    bandwidth_Bps: float
+    contention: float = 0.0
+    reduction_s: float = 0.0
+
+
+def probed_link(mode: str, probe: dict, processes: int, cores: int) -> Link:
+    """The link an emulated run had: the idle probe at its N and rate (ring for allreduce, point to point for star;
+    one worker has no ring) and the contention of its processes on this machine's cores."""
+    hop, ring = probe["p2p"]["latency_s"], probe.get("ring")
+    if mode == "allreduce" and ring:
+        op = max(ring["tiny_s"] - message_steps(mode, probe["workers"]) * hop, 0.0)
+        return Link(hop, ring["bandwidth_Bps"], contention(processes, cores), op)
+    return Link(hop, probe["p2p"]["bandwidth_Bps"], contention(processes, cores))
+
+
+@dataclass
+class DedicatedHosts:
+    """A real cluster: one host per executor with its own cores (contention 0), the idle probe's hop and per-
+    reduction cost, and its link efficiency (effective / nominal bandwidth) applied to the nominal rate."""
+
+    message_s: float                     # one hop
+    reduction_s: dict[str, float]        # per mode: the idle fixed part of one reduction
+    link_efficiency: float
+    wire_delay_s: float = 0.0            # added per message (a switch and cables the veth does not have)
+
+    def link(self, mode: str, gbit: float) -> Link:
+        return Link(self.message_s + self.wire_delay_s, gbit * 1e9 / 8 * self.link_efficiency, 0.0,
+                    self.reduction_s.get(mode, 0.0))
+
+    @classmethod
+    def from_probes(cls, probes: list[dict]) -> "DedicatedHosts":
+        """The hop: the smallest point-to-point one-way time over all probes (always the same two processes; other
+        load only adds time). The fixed part of an all-reduce: from the probes with the fewest workers (the fewest
+        processes per core, closest to a host of its own), the median over their rates. Link efficiency: the
+        point-to-point probe at the lowest rate (where the link, not this machine's CPU, limits), at most 1."""
+        hop = min(p["p2p"]["latency_s"] for p in probes)
+        fewest = min(p["workers"] for p in probes)
+        ops = [max(p["ring"]["tiny_s"] - message_steps("allreduce", fewest) * hop, 0.0)
+               for p in probes if p["workers"] == fewest and p.get("ring")]
+        lowest = min(probes, key=lambda p: (p["gbit"], p["workers"]))
+        eff = min(lowest["p2p"]["bandwidth_Bps"] / (lowest["gbit"] * 1e9 / 8), 1.0)
+        return cls(hop, {"star": 0.0, "allreduce": float(np.median(ops)) if ops else 0.0}, eff)
+
+
 @dataclass
 class ExchangeFit:
     mode: str
     per_reduction_s: float
-    per_message_s: float
-    bandwidth_factor: float
-    cpu_s_per_byte: float = 0.0
+    contention_s: float          # g: extra seconds per message per unit of contention
+    bandwidth_factor: float      # k
+    cpu_s_per_byte: float = 0.0  # c
     fitted_runs: int = 0
+    residual_rel_rms: float = 0.0    # RMS of predicted / measured - 1 over the fitted runs
+    residual_rel_max: float = 0.0    # the largest |predicted / measured - 1|
 
-    def exchange_s(self, n: int, gbit: float, sizes: NetSizes) -> float:
+    def exchange_s(self, n: int, sizes: NetSizes, link: Link) -> float:
         if n <= 1:
             return 0.0
-        bw = gbit * 1e9 / 8
-        return (sizes.reductions * (self.per_reduction_s + message_steps(self.mode, n) * self.per_message_s)
-                + (self.bandwidth_factor / bw + self.cpu_s_per_byte) * link_bytes(self.mode, n, sizes))
+        per_message = link.message_s + self.contention_s * link.contention
+        per_reduction = self.per_reduction_s + link.reduction_s + message_steps(self.mode, n) * per_message
+        return (sizes.reductions * per_reduction
+                + (self.bandwidth_factor / link.bandwidth_Bps + self.cpu_s_per_byte) * link_bytes(self.mode, n, sizes))
 
 
 def fit_exchange(mode: str, runs: list[dict], sizes: NetSizes) -> ExchangeFit:
-    """Non-negative least squares of the exchange model to runs {workers, gbit, exchange_s_per_iter} of one mode,
-    weighted by 1/measured so that small and large exchanges count alike (the target is a relative error)."""
+    """Non-negative least squares of the exchange model to runs {workers, exchange_s_per_iter, link: Link fields} of
+    one mode, weighted by 1/measured so that small and large exchanges count alike (the target is a relative error).
+    The probed hop and per-reduction latencies are known terms (subtracted), not coefficients."""
     from scipy.optimize import nnls
 
     rows, ys = [], []
     for r in runs:
-        n, bw = r["workers"], r["gbit"] * 1e9 / 8
-        w = 1.0 / max(r["exchange_s_per_iter"], 1e-6)
-        feats = [sizes.reductions, sizes.reductions * message_steps(mode, n), link_bytes(mode, n, sizes) / bw,
-                 link_bytes(mode, n, sizes)]
-        if mode == "star":                      # steps is constant: one per-reduction term absorbs it
-            feats[1] = 0.0
-        rows.append([f * w for f in feats])
-        ys.append(r["exchange_s_per_iter"] * w)
+        n, link, measured = r["workers"], Link(**r["link"]), r["exchange_s_per_iter"]
+        w = 1.0 / max(measured, 1e-6)
+        steps, moved = message_steps(mode, n), link_bytes(mode, n, sizes)
+        known = sizes.reductions * (link.reduction_s + steps * link.message_s)
+        # star: contention (N + 2 - cores) / cores grows like the driver's bytes (N x a reduction), so the two
+        # cannot be told apart here; star's two messages per reduction ride Spark's task path (r0), and the
+        # bytes keep it (conservative: c stays on dedicated hosts, g would not)
+        crowd = 0.0 if mode == "star" else sizes.reductions * steps * link.contention
+        rows.append([w * f for f in (sizes.reductions, crowd, moved / link.bandwidth_Bps, moved)])
+        ys.append(w * (measured - known))
     coef, _ = nnls(np.asarray(rows), np.asarray(ys))
-    return ExchangeFit(mode, *(float(c) for c in coef), fitted_runs=len(runs))
+    fit = ExchangeFit(mode, *(float(c) for c in coef), fitted_runs=len(runs))
+    errors = [fit.exchange_s(r["workers"], sizes, Link(**r["link"])) / max(r["exchange_s_per_iter"], 1e-9) - 1
+              for r in runs]
+    fit.residual_rel_rms = float(np.sqrt(np.mean(np.square(errors)))) if errors else 0.0
+    fit.residual_rel_max = float(np.max(np.abs(errors))) if errors else 0.0
+    return fit
 
 
 @dataclass
 class IterationModel:
-    """s/iter = compute + exchange(mode) + overhead; compute = c_img x images per worker (measured or stated)."""
+    """s/iter = compute + exchange(mode) + overhead; compute = c_img x images per worker (measured or stated); the
+    exchange on dedicated hosts (no contention, the probe's latency and link efficiency)."""
 
     sizes: NetSizes
     c_img: float                 # compute seconds per image of a worker's slice, per iteration
     overhead_s: float            # per iteration outside compute and exchange (optimizer step, scheduling)
     fits: dict[str, ExchangeFit]
+    hosts: DedicatedHosts
 
     def iteration_s(self, mode: str, n: int, gbit: float, images_per_worker: float) -> float:
-        return self.c_img * images_per_worker + self.fits[mode].exchange_s(n, gbit, self.sizes) + self.overhead_s
+        exchange = self.fits[mode].exchange_s(n, self.sizes, self.hosts.link(mode, gbit))
+        return self.c_img * images_per_worker + exchange + self.overhead_s
 
     def scaling(self, mode: str, kind: str, n: int, gbit: float, global_batch: int) -> dict[str, float]:
         """strong: the global batch split over n (>= 1 image each); weak: each worker keeps global_batch / 2
