@@ -230,3 +230,55 @@ def test_numpy_image_gives_same_state_as_tensor():
 
     x = load_image(arr)
     assert x.shape == (1, 3, 24, 30) and x.min() >= -1 and x.max() <= 1
+
+
+# --- the demo's budget settings (bn_freeze_at, coarse_iters_factor) ----------------------------------------
+
+@pytest.mark.parametrize("field, value", [("bn_freeze_at", 0.0), ("bn_freeze_at", 1.5), ("coarse_iters_factor", 0.5),
+                                          ("coarse_iters_factor", 101)])
+def test_budget_settings_errors_name_the_field(field, value):
+    with pytest.raises(ConfigError, match=f"singan.{field}"):
+        singan("demo", **{field: value})
+
+
+def test_budget_settings_are_off_in_the_paper_and_tiny_presets():
+    for preset in ("full", "tiny"):
+        c = singan(preset)
+        assert (c.bn_freeze_at, c.coarse_iters_factor) == (1.0, 1.0)
+        assert [c.iters_at(n, 5) for n in range(5)] == [c.iters_per_scale] * 5
+
+
+def test_iterations_fall_geometrically_from_the_coarsest_to_the_finest():
+    c = tiny(iters_per_scale=100, coarse_iters_factor=4.0)
+    assert [c.iters_at(n, 5) for n in range(5)] == [400, 283, 200, 141, 100]
+    assert c.iters_at(0, 1) == 100
+
+
+def test_per_scale_iterations_and_global_steps():
+    cfg = tiny(iters_per_scale=2, coarse_iters_factor=2.0, log_every=1)
+    st = fit(cfg, state=init_state(image(), cfg), print_fn=None)
+    iters = [st.iters_at(n) for n in range(st.num_scales)]
+    assert iters[0] == 4 and iters[-1] == 2 and st.total_iters == sum(iters)
+    assert [int(h["step"]) for h in st.history] == list(range(1, st.total_iters + 1))
+
+
+def test_bn_freeze_puts_the_generator_on_running_statistics_for_the_last_iterations():
+    cfg = tiny(iters_per_scale=4, bn_freeze_at=0.5)
+    st = init_state(image(), cfg)
+    seen = []
+    orig = torch.nn.BatchNorm2d.forward
+
+    def spy(self, x):
+        seen.append(self.training)
+        return orig(self, x)
+
+    torch.nn.BatchNorm2d.forward = spy
+    try:
+        train_scale(st, print_fn=None)
+    finally:
+        torch.nn.BatchNorm2d.forward = orig
+    # D stays in training mode; G switches after 2 of 4 iterations: 2 x (d_steps fakes + g_steps x (adv, rec))
+    g_forwards = 2 * (cfg.d_steps + 2 * cfg.g_steps)
+    assert True in seen and seen.count(False) == g_forwards * (cfg.num_layers - 1)
+    g_bn = [m for m in st.Gs[0].modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(not m.training for m in g_bn)

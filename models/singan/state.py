@@ -42,10 +42,23 @@ class SinGANState:
     def device(self) -> torch.device:
         return self.image.device
 
+    def iters_at(self, scale: int) -> int:
+        """Training iterations of scale `scale` (config.iters_at for this pyramid's number of scales)."""
+        return self.config.iters_at(scale, self.num_scales)
+
+    def iters_before(self, scale: int) -> int:
+        """Iterations of all scales coarser than `scale`: a global step is iters_before(n) + the iteration."""
+        return sum(self.iters_at(m) for m in range(scale))
+
+    @property
+    def total_iters(self) -> int:
+        return self.iters_before(self.num_scales)
+
     def summary(self) -> dict[str, Any]:
         return {"num_scales": self.num_scales, "trained_scales": self.trained_scales,
                 "sizes": [list(s) for s in self.sizes], "noise_amps": list(self.noise_amps),
-                "channels_per_scale": [self.config.channels_at(n) for n in range(self.num_scales)]}
+                "channels_per_scale": [self.config.channels_at(n) for n in range(self.num_scales)],
+                "iters_per_scale": [self.iters_at(n) for n in range(self.num_scales)]}
 
 
 def resolve_device(cfg: SinGANConfig) -> torch.device:

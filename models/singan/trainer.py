@@ -56,7 +56,7 @@ def format_progress(state: SinGANState, n: int, it: int, m: dict[str, float], et
                     eta_total: float) -> str:
     cfg = state.config
     h, w = state.sizes[n]
-    return (f"scale {n + 1}/{state.num_scales} ({h}x{w}, {cfg.channels_at(n)} ch) iter {it:>5}/{cfg.iters_per_scale}"
+    return (f"scale {n + 1}/{state.num_scales} ({h}x{w}, {cfg.channels_at(n)} ch) iter {it:>5}/{state.iters_at(n)}"
             f" | loss_d {m['loss_d']:+.4f} loss_g {m['loss_g']:+.4f} rec {m['loss_rec']:.4f} "
             f"gp {m['gradient_penalty']:.4f} | {m['s_per_iter']:.3f} s/it | "
             f"scale ETA {hms(eta_scale)} total ETA ~{hms(eta_total)}")
@@ -69,6 +69,8 @@ def train_scale(state: SinGANState, *, on_log: Callback | None = None, should_st
     If should_stop() turns true mid-scale, the partial scale is dropped (state unchanged) and None returned.
     """
     cfg, n, dev = state.config, state.trained_scales, state.device
+    iters = state.iters_at(n)
+    decay_iter, bn_freeze_iter = round(cfg.lr_decay_at * iters), round(cfg.bn_freeze_at * iters)
     G, D = build_scale(cfg, n)
     if n > 0 and cfg.channels_at(n) == cfg.channels_at(n - 1):   # init from the previous scale
         G.load_state_dict(state.Gs[n - 1].state_dict())
@@ -80,15 +82,17 @@ def train_scale(state: SinGANState, *, on_log: Callback | None = None, should_st
     z_rec = rec_noise(state, n)
     opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=cfg.betas)
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=cfg.betas)
-    sched_d = torch.optim.lr_scheduler.MultiStepLR(opt_d, [cfg.decay_iter], cfg.lr_gamma)
-    sched_g = torch.optim.lr_scheduler.MultiStepLR(opt_g, [cfg.decay_iter], cfg.lr_gamma)
+    sched_d = torch.optim.lr_scheduler.MultiStepLR(opt_d, [decay_iter], cfg.lr_gamma)
+    sched_g = torch.optim.lr_scheduler.MultiStepLR(opt_g, [decay_iter], cfg.lr_gamma)
     g = torch.Generator().manual_seed(cfg.seed * 1000 + n + 1)   # noise of scale n; the global RNG is untouched
     acc: dict[str, float] = {}
     latest: dict[str, float] = {}
     window, t_window = 0, time.perf_counter()
-    for it in range(1, cfg.iters_per_scale + 1):
+    for it in range(1, iters + 1):
         if should_stop and should_stop():
             return None
+        if it == bn_freeze_iter + 1:
+            G.eval()   # BatchNorm on its running statistics from now on, as when sampling; weights still train
         z = amp * draw_noise(n, 1, state.sizes[n], cfg.channels, g, dev)   # one noise map per iteration
         for _ in range(cfg.d_steps):
             prev = _prev_random(state, n, g)
@@ -113,17 +117,16 @@ def train_scale(state: SinGANState, *, on_log: Callback | None = None, should_st
         for k, v in step.items():
             acc[k] = acc.get(k, 0.0) + v
         window += 1
-        if (cfg.log_every and it % cfg.log_every == 0) or it == cfg.iters_per_scale:
+        if (cfg.log_every and it % cfg.log_every == 0) or it == iters:
             now = time.perf_counter()
             latest = {k: v / window for k, v in acc.items()}
             latest["s_per_iter"] = (now - t_window) / window
-            latest.update(scale=float(n), iter=float(it), noise_amp=amp, step=float(n * cfg.iters_per_scale + it))
+            latest.update(scale=float(n), iter=float(it), noise_amp=amp, step=float(state.iters_before(n) + it))
             state.history.append(dict(latest))
             if print_fn:
-                eta_scale = (cfg.iters_per_scale - it) * latest["s_per_iter"]
-                rest = sum(_relative_cost(state, n, m) for m in range(n + 1, state.num_scales))
-                print_fn(format_progress(state, n, it, latest, eta_scale,
-                                         eta_scale + rest * cfg.iters_per_scale * latest["s_per_iter"]))
+                eta_scale = (iters - it) * latest["s_per_iter"]
+                rest = sum(_relative_cost(state, n, m) * state.iters_at(m) for m in range(n + 1, state.num_scales))
+                print_fn(format_progress(state, n, it, latest, eta_scale, eta_scale + rest * latest["s_per_iter"]))
             if on_log:
                 on_log(state, latest)
             acc, window, t_window = {}, 0, time.perf_counter()
@@ -161,7 +164,7 @@ def fit(cfg: SinGANConfig, *, state: SinGANState | None = None, on_log: Callback
         if print_fn:
             h, w = state.sizes[n]
             print_fn(f"scale {n + 1}/{state.num_scales}: {h}x{w}, {cfg.channels_at(n)} channels, "
-                     f"{cfg.iters_per_scale} iterations")
+                     f"{state.iters_at(n)} iterations")
         t_scale = time.perf_counter()
         metrics = train_scale(state, on_log=on_log, should_stop=should_stop, print_fn=print_fn)
         if metrics is None:
