@@ -356,7 +356,7 @@ def train_singan_model(config: Config, image: ValidatedImage, out_dir: str | Non
 
             def on_log(s: SinGANState, m: dict[str, float]) -> None:
                 sink.on_log(s, m)
-                progress(m["step"] / max(s.num_scales * s.config.iters_per_scale, 1))
+                progress(m["step"] / max(s.total_iters, 1))
 
             state = fit(config.singan, state=state, on_log=on_log, on_scale_end=sink.on_scale_end, print_fn=log.info)
         wall = time.perf_counter() - t0
