@@ -1,12 +1,14 @@
 """Choose the demo's training recipe by measurement: candidates trained for one fixed wall-clock budget each.
 
     nice -n 5 python -m benchmarks.demo_recipe --budget-s 400 --out /tmp/demo_recipe
+    nice -n 5 python -m benchmarks.demo_recipe --budget-s 600 --steps 1200 --candidates demo demo_lazy_r1_4
 
 Every candidate (a preset plus overrides) trains on the embedded digits at 32x32 with the single-process reference
 trainer (models.trainer.train, LocalGradSource, 1 torch thread): the same math as the demo's DFAGD, per step, at
 about its cost per step with one worker (DFAGD's 2 workers on 2 cores measured 0.8x of that, docs/dfagd.md). All
 candidates run at once, one process each, so they share whatever load the machine has equally; compare them by
-the steps they completed as well as by quality. Then the EMA generator's samples are scored with the product's
+the steps they completed as well as by quality. `--steps` also stops each candidate at that many steps: a
+comparison at equal steps, with the seconds per step as each one's cost (for a busy machine). Then the EMA generator's samples are scored with the product's
 digit metrics (models.metrics.digits through evaluate_images): recognisable, fd_digits and its real-vs-real floor,
 kd_digits, class_balance, and msssim_diversity. Writes demo_recipe.json, demo_recipe.md and one grid per candidate.
 """
@@ -48,16 +50,23 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "ns_r1_q32_size_ema0.999": ("quality32", {"train.ema_decay": 0.999}),
     "ns_r1_q32_size_lr1e-3_ema0.995": ("quality32", {"train.lr_g": 1e-3, "train.lr_d": 1e-3,
                                                      "train.ema_decay": 0.995}),
+    # round 3: the demo preset (round 2's winner) with DiffAugment and/or lazy R1 (StyleGAN2's every 4th D update)
+    "demo": ("demo", {}),
+    "demo_diffaug_tc": ("demo", {"train.augment": "translation,cutout"}),
+    "demo_diffaug_t": ("demo", {"train.augment": "translation"}),
+    "demo_lazy_r1_4": ("demo", {"train.reg_every": 4}),
+    "demo_diffaug_tc_lazy_r1_4": ("demo", {"train.augment": "translation,cutout", "train.reg_every": 4}),
 }
 COLUMNS = ("steps", "s_per_step", "recognisable", "fd_digits", "fd_digits_floor", "fd_ratio", "kd_digits",
            "class_balance", "msssim_diversity", "g_params")
 
 
-def run_candidate(name: str, budget_s: float, n: int, out: str) -> dict[str, Any]:
-    """Train one candidate for budget_s wall seconds (checked before every iteration), then score its EMA G."""
+def run_candidate(name: str, budget_s: float, n: int, out: str, steps: int = 10**6) -> dict[str, Any]:
+    """Train one candidate for budget_s wall seconds (checked before every iteration) or `steps` steps, whichever
+    comes first, then score its EMA G."""
     torch.set_num_threads(1)
     preset, overrides = CANDIDATES[name]
-    config = resolve_config(preset, {"train.steps": 10**6, "train.threads": 1, "train.log_every": 0,
+    config = resolve_config(preset, {"train.steps": steps, "train.threads": 1, "train.log_every": 0,
                                      "train.sample_every": 0, "train.checkpoint_every": 0, **overrides})
     data = load_dataset("digits", config.model.resolution, config.model.channels)
     state = build_state(config)
@@ -83,7 +92,8 @@ def run_candidate(name: str, budget_s: float, n: int, out: str) -> dict[str, Any
 
 def markdown(report: dict[str, Any]) -> str:
     rows = sorted(report["candidates"], key=lambda r: r["fd_ratio"])
-    lines = [f"# Demo recipe search ({report['budget_s']:.0f} s of training each, all at once)", "",
+    cap = f" or {report['max_steps']} steps, whichever came first" if report.get("max_steps", 10**6) < 10**6 else ""
+    lines = [f"# Demo recipe search ({report['budget_s']:.0f} s of training each{cap}, all at once)", "",
              f"{report['conditions']}", "",
              "| candidate | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
     for r in rows:
@@ -98,12 +108,13 @@ def markdown(report: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.demo_recipe", description=__doc__.splitlines()[0])
     p.add_argument("--budget-s", type=float, default=300.0, help="wall seconds of training per candidate")
+    p.add_argument("--steps", type=int, default=10**6, help="stop a candidate at this many steps (default: none)")
     p.add_argument("--n", type=int, default=256, help="samples scored per candidate (and real images per side)")
     p.add_argument("--candidates", nargs="+", choices=sorted(CANDIDATES), default=list(CANDIDATES))
     p.add_argument("--out", default="demo_recipe", help="folder for demo_recipe.json/.md and the grids")
     a = p.parse_args(argv)
-    if a.budget_s <= 0 or a.n < 16:
-        print("demo_recipe: --budget-s must be > 0 and --n >= 16", file=sys.stderr)
+    if a.budget_s <= 0 or a.n < 16 or a.steps < 1:
+        print("demo_recipe: --budget-s must be > 0, --n >= 16 and --steps >= 1", file=sys.stderr)
         return 2
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,11 +123,12 @@ def main(argv: list[str] | None = None) -> int:
     t = time.time()
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(len(a.candidates)) as pool:
-        jobs = [pool.apply_async(run_candidate, (c, a.budget_s, a.n, str(out))) for c in a.candidates]
+        jobs = [pool.apply_async(run_candidate, (c, a.budget_s, a.n, str(out), a.steps)) for c in a.candidates]
         results = [j.get() for j in jobs]
     load_after = os.getloadavg()
     real = next((r["real_recognisable"] for r in results if r.get("real_recognisable") is not None), None)
-    report = {"budget_s": a.budget_s, "n": a.n, "engine": "models.trainer.train (local, 1 thread per candidate)",
+    report = {"budget_s": a.budget_s, "max_steps": a.steps, "n": a.n,
+              "engine": "models.trainer.train (local, 1 thread per candidate)",
               "load_avg_before": load_before, "load_avg_after": load_after, "wall_s": round(time.time() - t, 1),
               "cores": os.cpu_count(), "real_recognisable": real, "candidates": results,
               "conditions": f"{len(results)} candidates in parallel, 1 torch thread each, on {os.cpu_count()} cores; "

@@ -31,6 +31,7 @@ RESOLUTIONS = (16, 32, 64, 128)
 SECTIONS = ("model", "train", "data", "spark", "eval", "singan")
 CONFIG_VERSION = 2
 SKIMAGE_PREFIX = "skimage:"
+AUGMENTATIONS = ("color", "translation", "cutout")     # train.augment's kinds, in the order they are applied
 # Photos bundled inside the scikit-image wheel (no download); texture-like photos suit SinGAN best.
 BUNDLED = ("hubble_deep_field", "astronaut", "coffee", "chelsea", "rocket", "immunohistochemistry",
            "brick", "grass", "gravel", "camera", "coins")
@@ -183,6 +184,20 @@ class TrainConfig(Section):
     compile: Literal["off", "default", "max-autotune"] = "off"
     precision: Literal["fp32", "bf16"] = "fp32"  # bf16 = autocast of the forward passes: inexact, opt-in only
     max_bad_steps: PositiveInt = 10             # consecutive non-finite updates before the run stops
+    # DiffAugment (models/augment.py) of every image D sees, real and generated, in D's and G's updates:
+    # "" = off, or a comma list of translation, cutout, color (color: brightness, saturation, contrast)
+    augment: str = ""
+    # lazy regularisation (StyleGAN2): the gradient penalty on every k-th D update only, with weight x k
+    reg_every: PositiveInt = 1
+
+    @field_validator("augment")
+    @classmethod
+    def _augment(cls, v: str) -> str:
+        kinds = [k.strip() for k in v.split(",")] if v.strip() else []
+        if any(k not in AUGMENTATIONS for k in kinds) or len(set(kinds)) != len(kinds):
+            raise ValueError(f"train.augment: expected \"\" or a comma list of {', '.join(AUGMENTATIONS)} (each "
+                             f"once), got {v!r}")
+        return ",".join(k for k in AUGMENTATIONS if k in kinds)
 
     @field_validator("betas")
     @classmethod
@@ -477,15 +492,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     },
     # The README's main job: under 10 minutes on 2 CPU cores. The recipe was chosen by measurement
     # (benchmarks/demo_recipe.py, docs/quality.md#the-demos-recipe-chosen-by-measurement): quality32's small model,
-    # NS + R1 at n_critic 1, lr 1e-3 and EMA 0.995 learned the most per second; the thesis' WGAN-GP recipe is the
-    # preset thesis32. SinGAN: max side 128, widths 32 and 100 iterations per scale (deviations from the paper,
+    # NS + R1 at n_critic 1, lr 1e-3 and EMA 0.995 learned the most per second, and lazy R1 (every 4th D update)
+    # made a step 0.8x as long, spent on 3,000 steps; the thesis' WGAN-GP recipe is the preset thesis32. SinGAN: max side 128, widths 32 and 100 iterations per scale (deviations from the paper,
     # for time), and G's BatchNorm frozen for the last 20 % of each scale (reconstruction RMSE 0.120 -> 0.096 on
     # skimage:coffee at the same cost; docs/singan.md).
     "demo": {
         "model": dict(_QUALITY32_MODEL),
-        "train": {"steps": 2500, "batch_size": 32, "n_critic": 1, "loss": "ns", "penalty": "r1", "gp_weight": 1.0,
-                  "lr_g": 1e-3, "lr_d": 1e-3, "betas": (0.5, 0.99), "ema_decay": 0.995, "ema_start": 20,
-                  "log_every": 50, "sample_every": 500, "checkpoint_every": 500},
+        "train": {"steps": 3000, "batch_size": 32, "n_critic": 1, "loss": "ns", "penalty": "r1", "gp_weight": 1.0,
+                  "reg_every": 4, "lr_g": 1e-3, "lr_d": 1e-3, "betas": (0.5, 0.99), "ema_decay": 0.995,
+                  "ema_start": 20, "log_every": 50, "sample_every": 500, "checkpoint_every": 500},
         "eval": {"n_samples": 256},
         "singan": {"max_size": 128, "channels_max": 32, "iters_per_scale": 100, "log_every": 25},
     },

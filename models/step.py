@@ -3,9 +3,9 @@
 A training iteration is `n_critic` D updates followed by one G update. Each update is:
     grads  = mean over data partitions of d/dθ loss(partition slice)   # workers (DFAGD) or one process
     update = clip(grads) -> Adam step                                     # always on one copy (the driver)
-Every random number of an update (z, GP interpolation eps, fake labels) is drawn for the whole global
-batch from a generator seeded by (seed, step, phase) and then sliced, so the math does not depend on how
-the batch is split.
+Every random number of an update (z, GP interpolation eps, fake labels, augmentation draws) is drawn for the
+whole global batch from a generator seeded by (seed, step, phase) and then sliced, so the math does not depend
+on how the batch is split.
 """
 
 import copy
@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from models import build_discriminator, build_generator
+from models.augment import DRAWS, Augmented, policy
 from models.config import Config, TrainConfig
 from models.losses import d_adversarial, g_adversarial, gradient_penalty
 
@@ -40,6 +41,9 @@ class Noise:
     z: torch.Tensor                  # (b, z_dim)
     eps: torch.Tensor                # (b,) GP interpolation weights
     labels: torch.Tensor | None      # (b,) fake labels, or None when unconditional
+    aug: torch.Tensor | None = None  # (b, 2, augment.DRAWS) uniforms: [:, 0] for real images, [:, 1] for fakes
+    step: int = 0                    # the update these draws belong to
+    phase: int = 0
 
 
 def draw_noise(seed: int, step: int, phase: int, batch_size: int, z_dim: int, num_classes: int,
@@ -49,8 +53,9 @@ def draw_noise(seed: int, step: int, phase: int, batch_size: int, z_dim: int, nu
     z = torch.randn(batch_size, z_dim, generator=g)
     eps = torch.rand(batch_size, generator=g)
     labels = torch.randint(0, num_classes, (batch_size,), generator=g) if num_classes else None
+    aug = torch.rand(batch_size, 2, DRAWS, generator=g)   # drawn last: z, eps and labels are what they always were
     sl = slice(start, stop if stop is not None else batch_size)
-    return Noise(z[sl], eps[sl], labels[sl] if labels is not None else None)
+    return Noise(z[sl], eps[sl], labels[sl] if labels is not None else None, aug[sl], step, phase)
 
 
 def autocast(tc: TrainConfig, device: torch.device | str) -> torch.autocast:
@@ -61,17 +66,39 @@ def autocast(tc: TrainConfig, device: torch.device | str) -> torch.autocast:
 def d_loss(G: Net, D: Net, real: torch.Tensor, real_labels: torch.Tensor | None, noise: Noise,
            tc: TrainConfig, D_penalty: nn.Module | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The critic's loss. D_penalty (default D) takes the gradient penalty, whose double backward a compiled D
-    cannot do; D scores real and fake images. Scores are cast to float32 before any loss (a no-op in fp32)."""
+    cannot do; D scores real and fake images. Scores are cast to float32 before any loss (a no-op in fp32).
+
+    With train.augment, D sees augmented images, and the penalty is taken through the reals' augmentation with
+    respect to the un-augmented images (DiffAugment's and StyleGAN2-ADA's R1). With train.reg_every k, only every
+    k-th D update computes the penalty, weighted k times; its logged value is then k x the penalty or 0, whose
+    mean over the updates is the penalty's.
+    """
+    D_pen = D if D_penalty is None else D_penalty
+    kinds = policy(tc.augment)
+    D_real, D_fake = D, D
+    if kinds:
+        assert noise.aug is not None, "augmentation draws come with the noise (draw_noise)"
+        D_real, D_fake, D_pen = (Augmented(D, kinds, noise.aug[:, 0]), Augmented(D, kinds, noise.aug[:, 1]),
+                                 Augmented(D_pen, kinds, noise.aug[:, 0]))
+    k = tc.reg_every
+    regularise = (noise.step * tc.n_critic + noise.phase) % k == 0
     with autocast(tc, real.device):
         with torch.no_grad():
             fake = G(noise.z, noise.labels)
-        adv = d_adversarial(tc.loss, D(real, real_labels).float(), D(fake, noise.labels).float())
-        gp = gradient_penalty(tc.penalty, D if D_penalty is None else D_penalty, real, fake, noise.eps, real_labels)
+        adv = d_adversarial(tc.loss, D_real(real, real_labels).float(), D_fake(fake, noise.labels).float())
+        gp = (gradient_penalty(tc.penalty, D_pen, real, fake, noise.eps, real_labels) if regularise
+              else real.new_zeros(()))
+    if k > 1:
+        gp = gp * k
     loss = adv + tc.gp_weight * gp.float()
     return loss, {"loss_d": loss.detach(), "gradient_penalty": gp.detach()}
 
 
 def g_loss(G: Net, D: Net, noise: Noise, tc: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    kinds = policy(tc.augment)
+    if kinds:
+        assert noise.aug is not None, "augmentation draws come with the noise (draw_noise)"
+        D = Augmented(D, kinds, noise.aug[:, 1])
     with autocast(tc, noise.z.device):
         scores = D(G(noise.z, noise.labels), noise.labels).float()
     loss = g_adversarial(tc.loss, scores)

@@ -63,6 +63,17 @@ def test_one_and_two_workers_match_the_reference(spark, digits16, reference):
     _assert_same_weights(out[1], out[2], atol=0.0)          # same partitions, same order: bitwise equal
 
 
+def test_augmentation_and_lazy_regularisation_match_the_reference(spark, digits16):
+    """train.augment draws per sample of the global batch and train.reg_every counts D updates: DFAGD still
+    reproduces the reference trainer."""
+    over = {"train.augment": "color,translation,cutout", "train.reg_every": 2}
+    ref = train(build_state(cfg(1, **over)), LocalGradSource(digits16, cfg(1, **over)), print_fn=None)
+    out = {w: train_dfagd(cfg(w, **over), spark=spark, data=digits16, print_fn=None) for w in (1, 2)}
+    _assert_same_weights(out[1], ref)
+    _assert_same_weights(out[2], ref)
+    _assert_same_weights(out[1], out[2], atol=0.0)
+
+
 def test_callbacks_and_history_like_the_reference(spark, digits16):
     seen: list[int] = []
     state = train_dfagd(cfg(2, **{"train.steps": 2}), spark=spark, data=digits16, print_fn=None,
