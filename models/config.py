@@ -334,6 +334,13 @@ class SinGANConfig(Section):
     betas: Pair = (0.5, 0.999)
     lr_decay_at: float = Field(0.8, gt=0, le=1)  # the learning rate is multiplied by lr_gamma after this fraction
     lr_gamma: float = Field(0.1, gt=0, le=1)
+    # Short budgets (off by default; the demo sets bn_freeze_at, docs/singan.md#the-demos-budget-settings):
+    # G's BatchNorm switches to its running statistics (the ones sampling uses) after this fraction of a scale's
+    # iterations, so the last updates fit the frozen network's normalisation; 1 = never (the paper)
+    bn_freeze_at: float = Field(1.0, gt=0, le=1)
+    # the coarsest scale trains this x iters_per_scale iterations, falling geometrically to 1x at the finest
+    # (coarse iterations are cheap); 1 = the same at every scale (the paper)
+    coarse_iters_factor: float = Field(1.0, ge=1, le=100)
     # Run
     seed: Seed = 0
     log_every: Count = 100                      # iterations between progress lines (0 = only a scale's end)
@@ -349,13 +356,6 @@ class SinGANConfig(Section):
         return v
 
     @model_validator(mode="after")
-    # Short budgets (off by default; the demo sets bn_freeze_at, docs/singan.md#the-demos-budget-settings):
-    # G's BatchNorm switches to its running statistics (the ones sampling uses) after this fraction of a scale's
-    # iterations, so the last updates fit the frozen network's normalisation; 1 = never (the paper)
-    bn_freeze_at: float = Field(1.0, gt=0, le=1)
-    # the coarsest scale trains this x iters_per_scale iterations, falling geometrically to 1x at the finest
-    # (coarse iterations are cheap); 1 = the same at every scale (the paper)
-    coarse_iters_factor: float = Field(1.0, ge=1, le=100)
     def _pyramid(self) -> "SinGANConfig":
         if self.kernel_size % 2 != 1:
             raise ValueError(f"singan.kernel_size: expected an odd number >= 1, got {self.kernel_size}")
@@ -386,6 +386,14 @@ class SinGANConfig(Section):
         """The iteration after which the learning rate is multiplied by lr_gamma (1600 of 2000)."""
         return int(round(self.lr_decay_at * self.iters_per_scale))
 
+    def iters_at(self, scale: int, num_scales: int) -> int:
+        """Iterations of scale `scale` (0 = coarsest) of `num_scales`: iters_per_scale x coarse_iters_factor at the
+        coarsest, falling geometrically to iters_per_scale at the finest."""
+        if num_scales < 2:
+            return self.iters_per_scale
+        steps_to_finest = (num_scales - 1 - scale) / (num_scales - 1)
+        return int(round(self.iters_per_scale * self.coarse_iters_factor ** steps_to_finest))
+
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
 
@@ -401,14 +409,6 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     spark: SparkConfig = Field(default_factory=SparkConfig)
-    def iters_at(self, scale: int, num_scales: int) -> int:
-        """Iterations of scale `scale` (0 = coarsest) of `num_scales`: iters_per_scale x coarse_iters_factor at the
-        coarsest, falling geometrically to iters_per_scale at the finest."""
-        if num_scales < 2:
-            return self.iters_per_scale
-        steps_to_finest = (num_scales - 1 - scale) / (num_scales - 1)
-        return int(round(self.iters_per_scale * self.coarse_iters_factor ** steps_to_finest))
-
     eval: EvalConfig = Field(default_factory=EvalConfig)
     singan: SinGANConfig = Field(default_factory=SinGANConfig)
 
@@ -502,7 +502,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                   "reg_every": 4, "lr_g": 1e-3, "lr_d": 1e-3, "betas": (0.5, 0.99), "ema_decay": 0.995,
                   "ema_start": 20, "log_every": 50, "sample_every": 500, "checkpoint_every": 500},
         "eval": {"n_samples": 256},
-        "singan": {"max_size": 128, "channels_max": 32, "iters_per_scale": 100, "log_every": 25},
+        "singan": {"max_size": 128, "channels_max": 32, "iters_per_scale": 100, "log_every": 25,
+                   "bn_freeze_at": 0.8},
     },
     # The thesis' recipe at the demo's size (the demo until it was chosen by measurement, docs/quality.md):
     # WGAN-GP, n_critic 2, lr 2e-4, betas (0, 0.9); 800 steps.
@@ -512,8 +513,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "train": {"steps": 800, "batch_size": 32, "n_critic": 2, "ema_decay": 0.99, "ema_start": 50,
                   "log_every": 25, "sample_every": 200, "checkpoint_every": 200},
         "eval": {"n_samples": 256},
-        "singan": {"max_size": 128, "channels_max": 32, "iters_per_scale": 100, "log_every": 25,
-                   "bn_freeze_at": 0.8},
+        "singan": {"max_size": 128, "channels_max": 32, "iters_per_scale": 100, "log_every": 25},
     },
     # Thesis scale: 64x64 RGB, wider and deeper; hours on CPU. SinGAN: the paper's settings.
     "full": {
