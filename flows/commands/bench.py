@@ -71,7 +71,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--gbit", type=_rate_list, default=(1.0, 10.0), metavar="G,H", help="link rates, default 1,10")
     c.add_argument("--modes", type=_mode_list, default=("star", "allreduce"), metavar="M,N",
                    help="spark.reduction values, default star,allreduce")
-    c.add_argument("--preset", choices=["tiny", "demo", "full"], default="demo", help="model/batch preset (default demo)")
+    c.add_argument("--preset", choices=["tiny", "demo", "thesis32", "full"], default="demo",
+                   help="model/batch preset (default demo; thesis32: the thesis' recipe, 4x the demo's gradient bytes)")
     c.add_argument("--steps", type=int, default=8, metavar="N", help="timed iterations per run (default 8)")
     c.add_argument("--warmup", type=int, default=2, metavar="N", help="untimed iterations first (default 2)")
     c.add_argument("--json", metavar="FILE", help=f"write the result JSON here; {REFUSAL}")
