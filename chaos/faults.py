@@ -100,3 +100,27 @@ class FailOnce:
     def __call__(self, worker: int, attempt: int, request: int) -> None:
         if worker == self.worker and attempt == 0 and request == self.request:
             raise TaskFailure(f"worker {worker}: planned failure of its first attempt at request {request}")
+
+
+class KillReplica:
+    """wrap_source (spark.reduction=allreduce): rank `rank`'s Python worker SIGKILLs itself at the first D update of
+    step `step`, in the stage's first attempt only. Built by `KillReplica.at(rank, step)`; it travels to the executors
+    pickled by value, like FailOnce."""
+
+    def __init__(self, source, rank: int, step: int):
+        self.source, self.rank, self.step = source, rank, step
+
+    @classmethod
+    def at(cls, rank: int, step: int) -> Callable[[object], "KillReplica"]:
+        from pyspark import cloudpickle
+
+        cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        return functools.partial(cls, rank=rank, step=step)
+
+    def d_grad(self, state: GANState, step: int, k: int):
+        if self.source.rank == self.rank and self.source.attempt == 0 and step == self.step and k == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.source.d_grad(state, step, k)
+
+    def g_grad(self, state: GANState, step: int):
+        return self.source.g_grad(state, step)

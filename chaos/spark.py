@@ -2,7 +2,7 @@
 
 import re
 
-from chaos.faults import KillWorker
+from chaos.faults import KillReplica, KillWorker
 from chaos.harness import ChaosContext, Outcome, scenario
 from chaos.training import ATOL, _max_diff
 from models.checkpoint import read_checkpoint, save_checkpoint, state_to_dict
@@ -71,3 +71,38 @@ def sigkill_executor(ctx: ChaosContext) -> Outcome:
                    f"({stats.reconnects} reconnect(s), the interrupted step took {_recovery_s(lines):.1f}s); "
                    f"max |w - w_clean| = {diff:.1e}; last checkpoint (step {ckpt['step']}) loads",
                    final["step"] == STEPS and diff <= ATOL, data_lost=diff > ATOL)
+
+
+@scenario("sigkill-python-worker-allreduce",
+          f"spark.reduction=allreduce on {MASTER}: rank 1's Python process SIGKILLed at step {KILL_STEP}; Spark re-runs "
+          "the barrier stage from the driver's last state (the step-2 checkpoint) and the run ends with the weights "
+          "of a clean run; the replayed steps are counted")
+def sigkill_python_worker_allreduce(ctx: ChaosContext) -> Outcome:
+    cfg = resolve_config("tiny", {"train.steps": STEPS, "train.log_every": 1, "train.sample_every": 0,
+                                  "train.checkpoint_every": 2, "spark.workers": 2, "spark.master": MASTER,
+                                  "spark.executor_memory": "900m", "spark.reduction": "allreduce"})
+    KillWorker("python", worker=1, step=KILL_STEP).check_master(cfg.spark.master)
+    data = load_dataset("digits", 16, 1, limit=256)
+    ckpt, saved, stats, lines = ctx.folder("run") / "checkpoint.pt", [], DFAGDStats(), []
+
+    def on_checkpoint(state, _metrics) -> None:
+        saved.append(state.step)
+        save_checkpoint(state, ckpt)
+
+    try:
+        state = train_dfagd(cfg, data=data, print_fn=lines.append, stats_out=stats, on_checkpoint=on_checkpoint,
+                            hooks=DFAGDHooks(wrap_source=KillReplica.at(rank=1, step=KILL_STEP)))
+    except DFAGDError as exc:
+        return Outcome(f"the run failed: {exc}", False)
+    (ctx.current / "train.log").write_text("\n".join(lines))
+    ref = state_to_dict(train(build_state(cfg), LocalGradSource(data, cfg), print_fn=None))
+    diff = _max_diff(state_to_dict(state), ref)
+    resumed_from = max((s for s in saved if s < KILL_STEP), default=0)
+    replayed = KILL_STEP - 1 - resumed_from           # whole steps done before the kill and done again
+    logged = [int(h["step"]) for h in state.history]
+    return Outcome(f"completed {state.step}/{STEPS} steps; {stats.reconnects} reconnect(s); resumed from the "
+                   f"driver's state at step {resumed_from}: {replayed} completed step(s) replayed and the interrupted "
+                   f"step {KILL_STEP} redone; each step logged once: {logged == list(range(1, STEPS + 1))}; "
+                   f"max |w - w_clean| = {diff:.1e}",
+                   state.step == STEPS and stats.reconnects >= 1 and diff <= ATOL
+                   and logged == list(range(1, STEPS + 1)), data_lost=diff > ATOL)
