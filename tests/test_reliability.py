@@ -309,7 +309,7 @@ def test_chaos_cli_lists_and_rejects_unknown_scenarios():
     assert {"sigkill-driver-resume", "sigkill-python-worker", "sigkill-executor", "nan-step-skipped",
             "divergence-stops", "mlflow-outage-buffered", "mlflow-stays-down", "disk-full-checkpoint",
             "credentials-redacted", "weights-only-load", "symlink-escape", "servers-bind-loopback",
-            "user-files-beside-outputs"} == set(names)
+            "user-files-beside-outputs", "sigkill-python-worker-allreduce"} == set(names)
     res = subprocess.run([sys.executable, "-m", "flows.cli", "chaos", "--only", "bogus"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "--only: unknown scenario(s) bogus" in res.stderr
