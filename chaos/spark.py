@@ -16,11 +16,16 @@ MASTER = "local-cluster[2,1,1024]"
 STEPS, KILL_STEP = 8, 3          # the kill lands while step KILL_STEP's first gradient is being computed
 
 
+def _config(reduction: str):
+    """The killed runs' config: tiny, 2 workers on MASTER, a checkpoint every 2 steps."""
+    return resolve_config("tiny", {"train.steps": STEPS, "train.log_every": 1, "train.sample_every": 0,
+                                   "train.checkpoint_every": 2, "spark.workers": 2, "spark.master": MASTER,
+                                   "spark.executor_memory": "900m", "spark.reduction": reduction})
+
+
 def _killed_run(ctx: ChaosContext, target: str) -> tuple[dict | None, dict, DFAGDStats, list[str], BaseException | None]:
     """DFAGD with 2 workers on local-cluster, one of them SIGKILLed mid-update; checkpoints every 2 steps."""
-    cfg = resolve_config("tiny", {"train.steps": STEPS, "train.log_every": 1, "train.sample_every": 0,
-                                  "train.checkpoint_every": 2, "spark.workers": 2, "spark.master": MASTER,
-                                  "spark.executor_memory": "900m"})
+    cfg = _config("star")
     kill = KillWorker(target, worker=1, step=KILL_STEP)
     kill.check_master(cfg.spark.master)
     data = load_dataset("digits", 16, 1, limit=256)
@@ -78,9 +83,7 @@ def sigkill_executor(ctx: ChaosContext) -> Outcome:
           "the barrier stage from the driver's last state (the step-2 checkpoint) and the run ends with the weights "
           "of a clean run; the replayed steps are counted")
 def sigkill_python_worker_allreduce(ctx: ChaosContext) -> Outcome:
-    cfg = resolve_config("tiny", {"train.steps": STEPS, "train.log_every": 1, "train.sample_every": 0,
-                                  "train.checkpoint_every": 2, "spark.workers": 2, "spark.master": MASTER,
-                                  "spark.executor_memory": "900m", "spark.reduction": "allreduce"})
+    cfg = _config("allreduce")
     KillWorker("python", worker=1, step=KILL_STEP).check_master(cfg.spark.master)
     data = load_dataset("digits", 16, 1, limit=256)
     ckpt, saved, stats, lines = ctx.folder("run") / "checkpoint.pt", [], DFAGDStats(), []
