@@ -17,6 +17,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeFloat,
+    PositiveFloat,
     PositiveInt,
     TypeAdapter,
     ValidationError,
@@ -167,6 +168,10 @@ class TrainParams(RunParams):
     data: DataSource = _field(None, "'digits' (the embedded default), an image folder or a manifest.parquet",
                               config="data.source", metavar="PATH")
     steps: PositiveInt | None = _field(None, "generator updates", config="train.steps", metavar="N")
+    max_minutes: PositiveFloat | None = _field(None, "training wall-clock budget in minutes: training stops at the "
+                                                     "first step past it or at --steps, whichever comes first "
+                                                     "(Spark start-up not counted)", config="train.max_minutes",
+                                               metavar="M")
     workers: PositiveInt | None = _field(None, "DFAGD workers (Spark barrier tasks)", config="spark.workers",
                                          metavar="N")
     spark_master: str | None = _field(None, "e.g. local[2], local-cluster[2,1,1024], spark://host:7077",
@@ -183,7 +188,7 @@ class TrainParams(RunParams):
     @model_validator(mode="after")
     def _resume_alone(self) -> "TrainParams":
         if self.resume is not None:
-            shaping = ("data", "steps", "workers", "spark_master", "model", "config_file", "overrides")
+            shaping = ("data", "steps", "max_minutes", "workers", "spark_master", "model", "config_file", "overrides")
             given = [flag_of(TrainParams, n) for n in shaping if getattr(self, n) is not None]
             given += ["--preset"] if self.preset != "demo" else []
             if given:

@@ -158,6 +158,10 @@ class ModelConfig(Section):
 class TrainConfig(Section):
     key = ("train",)
     steps: Count = 1500                         # generator updates
+    # a wall-clock budget: training stops at the first step past it (counted from the first step, start-up not
+    # included) or at train.steps, whichever comes first; None = steps only. TransSRGAN and DCGAN (SinGAN's
+    # pyramid has its own iterations per scale).
+    max_minutes: float | None = Field(None, gt=0)
     batch_size: PositiveInt = 64                # the GLOBAL batch; DFAGD splits it over data partitions
     # weak scaling: the global batch is spark.workers x this (then batch_size is derived, not given); the
     # learning rates are not scaled with it

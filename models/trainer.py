@@ -126,6 +126,24 @@ def hms(seconds: float) -> str:
 Callback = Callable[[GANState, dict[str, float]], None]
 
 
+class TimeBudget:
+    """train.max_minutes as a `should_stop`: true from the first call `minutes` after the first call (the trainer
+    checks before every step, so the clock starts at its first step, after DFAGD's workers are up, and the step
+    that crosses the budget is finished). `reached` says whether it stopped training."""
+
+    def __init__(self, minutes: float, clock: Callable[[], float] = time.perf_counter):
+        self.budget_s, self.clock = 60.0 * minutes, clock
+        self.start: float | None = None
+        self.reached = False
+
+    def __call__(self) -> bool:
+        now = self.clock()
+        if self.start is None:
+            self.start = now
+        self.reached = now - self.start >= self.budget_s
+        return self.reached
+
+
 def train(state: GANState, source: GradSource, *, steps: int | None = None,
           on_log: Callback | None = None, on_sample: Callback | None = None,
           on_checkpoint: Callback | None = None, should_stop: Callable[[], bool] | None = None,

@@ -18,6 +18,7 @@ TAG_FLOW_RUN = "prefect_flow_run_id"
 TAG_RETRAIN_REASON = "retrain_reason"
 TAG_RESUMED_FROM = "resumed_from_step"
 TAG_FAILURE = "failure"                    # why training stopped (divergence)
+TAG_STOPPED_BY = "stopped_by"              # "max_minutes" when train.max_minutes ended training before train.steps
 TAG_EXTRACTOR = "feature_extractor"        # the evaluation's feature extractor (also a version tag)
 
 RUNNING, COMPLETED = "running", "completed"

@@ -21,7 +21,7 @@ from models.paths import data_home
 from models.singan import SinGANState, fit, load_singan, save_singan
 from models.singan import sample as singan_sample
 from models.step import GANState
-from models.trainer import DivergenceError, LocalGradSource, train
+from models.trainer import DivergenceError, LocalGradSource, TimeBudget, train
 from spark_training.dfagd import DFAGDStats, train_dfagd
 from spark_training.speedup_probe import measure_speedup
 from tasks.data_gate import GateResult
@@ -52,6 +52,7 @@ from tasks.tags import (
     TAG_PIPELINE,
     TAG_RESUMED_FROM,
     TAG_RETRAIN_REASON,
+    TAG_STOPPED_BY,
     VALIDATION_DIR,
     image_slug,
 )
@@ -258,16 +259,28 @@ def train_model(config: Config, gate: GateResult, decision: RetrainDecision, out
         log_dataset(gate.manifest_path, TRAINING)
         log_gate_reports(gate)
         t0 = time.perf_counter()
-        log.info(f"training {config.model.arch} ({config.preset} preset) for {total} steps with engine={engine}: "
-                 f"{_engine_summary(config, engine)}; MLflow run {run.info.run_id}; checkpoints in {out}")
+        budget = TimeBudget(config.train.max_minutes) if config.train.max_minutes else None
+        limit = f" or {config.train.max_minutes:g} min, whichever comes first," if budget else ""
+        log.info(f"training {config.model.arch} ({config.preset} preset) for {total} steps{limit} with "
+                 f"engine={engine}: {_engine_summary(config, engine)}; MLflow run {run.info.run_id}; checkpoints in {out}")
         # writes out/checkpoint.pt and logs checkpoints/; buffers tracking records while the store is unreachable
         with GANSink(run.info.run_id, checkpoint_dir=out, print_fn=log.warning) as sink:
+
+            done: dict[str, int] = {}            # the last step sampled and checkpointed
 
             def on_log(s: GANState, m: dict[str, float]) -> None:
                 sink.on_log(s, m)
                 progress(s.step)
 
-            callbacks = dict(on_log=on_log, on_sample=sink.on_sample, on_checkpoint=sink.on_checkpoint,
+            def on_sample(s: GANState, m: dict[str, float]) -> None:
+                sink.on_sample(s, m)
+                done["sample"] = s.step
+
+            def on_checkpoint(s: GANState, m: dict[str, float]) -> None:
+                sink.on_checkpoint(s, m)
+                done["checkpoint"] = s.step
+
+            callbacks = dict(on_log=on_log, on_sample=on_sample, on_checkpoint=on_checkpoint, should_stop=budget,
                              print_fn=log.info)
             try:
                 if engine == "spark":
@@ -285,8 +298,16 @@ def train_model(config: Config, gate: GateResult, decision: RetrainDecision, out
                          if last else "no checkpoint was written before it")
                 mlflow.set_tag(TAG_FAILURE, f"diverged: {str(exc)[:400]}")
                 raise DivergenceError(f"{exc}; {where}") from exc
-            if sink.last_checkpoint is None:     # resumed at the last step: nothing was trained or saved
-                sink.on_checkpoint(state, {})
+            if budget is not None and budget.reached and state.step < total:
+                log.info(f"train.max_minutes ({config.train.max_minutes:g}) reached: training stopped at step "
+                         f"{state.step} of {total}")
+                mlflow.set_tag(TAG_STOPPED_BY, "max_minutes")
+                if done.get("sample") != state.step:
+                    on_sample(state, {})
+            # the final state is saved: a budget stop ends between checkpoints, and a run resumed at its last
+            # step trained and saved nothing
+            if done.get("checkpoint") != state.step:
+                on_checkpoint(state, {})
         wall = time.perf_counter() - t0
         log_generator(state, config)
         mlflow.log_metric("train_wall_s", wall)

@@ -1,7 +1,5 @@
 """DFAGD with spark.reduction=allreduce: equal to star and the reference, repeatable, replica checks, faults, resume."""
 
-import os
-import signal
 import sys
 import threading
 
@@ -287,21 +285,6 @@ class CorruptReplica:
         return self.source.g_grad(state, step)
 
 
-class KillOnce:
-    """wrap_source: rank 1's Python worker SIGKILLs itself at step `step` of the stage's first attempt."""
-
-    def __init__(self, source, step: int = 1):
-        self.source, self.step = source, step
-
-    def d_grad(self, state, step, k):
-        if self.source.rank == 1 and self.source.attempt == 0 and step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
-        return self.source.d_grad(state, step, k)
-
-    def g_grad(self, state, step):
-        return self.source.g_grad(state, step)
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _wrappers_by_value():
     from pyspark import cloudpickle
@@ -316,10 +299,12 @@ def test_a_corrupted_replica_stops_the_run(spark, digits16):
 
 @pytest.mark.slow
 def test_a_killed_worker_is_retried_and_weights_equal_a_clean_run(spark, digits16):
+    from chaos.faults import KillReplica  # the chaos scenario's fault: rank 1 SIGKILLs itself in step 1
+
     clean = train_dfagd(cfg(2), spark=spark, data=digits16, print_fn=None)
     stats = DFAGDStats()
     state = train_dfagd(cfg(2), spark=spark, data=digits16, print_fn=None, stats_out=stats,
-                        hooks=DFAGDHooks(wrap_source=KillOnce))
+                        hooks=DFAGDHooks(wrap_source=KillReplica.at(rank=1, step=1)))
     assert stats.reconnects >= 1, "the stage was not retried"
     assert [h["step"] for h in state.history] == [1.0, 2.0, 3.0]          # no step logged twice
     assert torch.equal(_flat(state), _flat(clean))

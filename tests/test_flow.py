@@ -88,6 +88,27 @@ def test_flow_trains_registers_promotes_then_skips_unchanged_data(harness, mlflo
     assert third["promotion_reason"]
 
 
+def test_max_minutes_ends_training_with_the_final_state_saved_sampled_and_tagged(harness, mlflow_store, tmp_path):
+    """--max-minutes stops training long before --steps; the run's checkpoint, its last sample grid and the
+    registered model are the final state's, and the run says why it stopped."""
+    from mlflow import MlflowClient
+
+    from chaos.tracking import image_steps
+    from flows.train_transsrgan import train_transsrgan
+    from models.checkpoint import load_checkpoint
+
+    data = write_digits(tmp_path / "digits", 64)
+    result = train_transsrgan(preset="tiny", data=str(data), steps=1_000_000, max_minutes=0.05, engine="local",
+                              overrides={"eval.n_samples": 32, "train.sample_every": 1000,
+                                         "train.checkpoint_every": 1000, "train.log_every": 1000})
+    assert 0 < result["steps"] < 1_000_000 and result["version"] == "1"
+    assert load_checkpoint(result["checkpoint"]).step == result["steps"]
+    client = MlflowClient()
+    run = client.get_run(result["run_id"])
+    assert run.data.tags["stopped_by"] == "max_minutes" and run.data.params["train.max_minutes"] == "0.05"
+    assert image_steps(client, result["run_id"])[-1] == result["steps"]
+
+
 def test_bad_parameters_fail_before_any_task(harness, tmp_path):
     from prefect.exceptions import ParameterTypeError
 

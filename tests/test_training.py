@@ -10,7 +10,7 @@ from models.checkpoint import load_checkpoint, save_checkpoint
 from models.config import resolve_config
 from models.data import ImageSet, PartitionedSampler, load_dataset
 from models.step import apply_update, build_state, d_loss, draw_noise, flat_grad, get_flat, params_of
-from models.trainer import DivergenceError, LocalGradSource, train, train_iteration
+from models.trainer import DivergenceError, LocalGradSource, TimeBudget, train, train_iteration
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +145,28 @@ def test_checkpoint_is_plain_tensors(tmp_path, digits16):
     c = cfg()
     save_checkpoint(build_state(c), tmp_path / "c.pt")
     torch.load(tmp_path / "c.pt", weights_only=True)   # raises if anything but tensors/containers were pickled
+
+
+def test_time_budget_starts_at_the_first_step_and_finishes_the_step_that_crosses_it(digits16):
+    """train.max_minutes through the trainer's should_stop: a clock that advances 1 s per reading and a budget of
+    3 s stop training after exactly 3 steps (readings at 0, 1, 2 train; 3 is past), before train.steps."""
+    readings = iter(range(100))
+    budget = TimeBudget(3 / 60, clock=lambda: float(next(readings)))
+    c = cfg(**{"train.steps": 50, "train.max_minutes": 3 / 60})
+    state = train(build_state(c), LocalGradSource(digits16, c), should_stop=budget, print_fn=None)
+    assert state.step == 3 and budget.reached and budget.start == 0.0
+    unbounded = TimeBudget(10.0, clock=lambda: 0.0)
+    state = train(build_state(cfg(**{"train.steps": 2})), LocalGradSource(digits16, c), should_stop=unbounded,
+                  print_fn=None)
+    assert state.step == 2 and not unbounded.reached   # train.steps came first
+
+
+@pytest.mark.parametrize("value", [0, -1.0, "ten"])
+def test_max_minutes_must_be_a_positive_number(value):
+    from models.config import ConfigError
+
+    with pytest.raises(ConfigError, match="train.max_minutes"):
+        cfg(**{"train.max_minutes": value})
 
 
 def test_progress_line(digits16, capsys):
