@@ -14,6 +14,7 @@ kd_digits, class_balance, and msssim_diversity. Writes demo_recipe.json, demo_re
 """
 
 import argparse
+import copy
 import json
 import multiprocessing
 import os
@@ -61,33 +62,56 @@ COLUMNS = ("steps", "s_per_step", "recognisable", "fd_digits", "fd_digits_floor"
            "class_balance", "msssim_diversity", "g_params")
 
 
-def run_candidate(name: str, budget_s: float, n: int, out: str, steps: int = 10**6) -> dict[str, Any]:
+def check_steps(steps: int, checks: int) -> list[int]:
+    """The steps at which --checks scores a candidate on the way: steps x k / checks for k = 1 .. checks - 1 (the
+    final state is always scored)."""
+    return sorted({steps * k // checks for k in range(1, checks)} - {0})
+
+
+def run_candidate(name: str, budget_s: float, n: int, out: str, steps: int = 10**6, checks: int = 1) -> dict[str, Any]:
     """Train one candidate for budget_s wall seconds (checked before every iteration) or `steps` steps, whichever
-    comes first, then score its EMA G."""
+    comes first, then score its EMA G; with checks > 1 also at check_steps(steps, checks) on the way (`curve`)."""
     torch.set_num_threads(1)
     preset, overrides = CANDIDATES[name]
     config = resolve_config(preset, {"train.steps": steps, "train.threads": 1, "train.log_every": 0,
                                      "train.sample_every": 0, "train.checkpoint_every": 0, **overrides})
     data = load_dataset("digits", config.model.resolution, config.model.channels)
     state = build_state(config)
+    pending, snapshots = check_steps(steps, checks), []
     t0 = time.perf_counter()
-    train(state, LocalGradSource(data, config), should_stop=lambda: time.perf_counter() - t0 >= budget_s,
-          print_fn=None)
+
+    def should_stop() -> bool:
+        if pending and state.step == pending[0]:
+            snapshots.append((pending.pop(0), time.perf_counter() - t0, copy.deepcopy(state.G_ema)))
+        return time.perf_counter() - t0 >= budget_s
+
+    train(state, LocalGradSource(data, config), should_stop=should_stop, print_fn=None)
     train_s = time.perf_counter() - t0
-    mc = config.model
-    fake = to_uint8(sample(state.G_ema, n, SAMPLE_SEED, mc.z_dim, mc.num_classes)).transpose(0, 3, 1, 2).copy()
     real, partner = real_subsets(data.images, n)
     ev = EvalConfig(n_samples=n, metrics=("msssim_diversity",), allow_random_features=True, download_weights=False,
                     cache_real=False)
-    res = evaluate_images(fake, real, config=ev, seed=SAMPLE_SEED, floor_real=partner, domain="digits")
-    save_png(make_grid(fake[:GRID_N].transpose(0, 2, 3, 1)), Path(out) / f"{name}.png", scale=2)
-    m = res.metrics
+
+    def score(G: torch.nn.Module, png: str | None) -> dict[str, float]:
+        mc = config.model
+        fake = to_uint8(sample(G, n, SAMPLE_SEED, mc.z_dim, mc.num_classes)).transpose(0, 3, 1, 2).copy()
+        if png:
+            save_png(make_grid(fake[:GRID_N].transpose(0, 2, 3, 1)), Path(out) / png, scale=2)
+        return evaluate_images(fake, real, config=ev, seed=SAMPLE_SEED, floor_real=partner, domain="digits").metrics
+
+    curve = [{"step": step, "train_s": round(t, 1), **_point(score(G, None))} for step, t, G in snapshots]
+    m = score(state.G_ema, f"{name}.png")
+    curve.append({"step": state.step, "train_s": round(train_s, 1), **_point(m)})
     return {"name": name, "preset": preset, "overrides": overrides, "steps": state.step, "train_s": round(train_s, 1),
             "s_per_step": round(train_s / max(state.step, 1), 4),
             "g_params": sum(p.numel() for p in state.G.parameters()),
             **{k: m[k] for k in COLUMNS if k in m},
             "fd_ratio": m.get("fd_digits_vs_floor", float("nan")), "real_recognisable": m.get("recognisable_real"),
-            "metrics": m}
+            "curve": curve, "metrics": m}
+
+
+def _point(m: dict[str, float]) -> dict[str, float]:
+    return {"recognisable": m["recognisable"], "fd_ratio": m["fd_digits_vs_floor"], "kd_digits": m["kd_digits"],
+            "class_balance": m["class_balance"]}
 
 
 def markdown(report: dict[str, Any]) -> str:
@@ -102,6 +126,12 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "fd_ratio = fd_digits / fd_digits_floor (the same distance between two disjoint real subsets "
               f"of n = {report['n']}); recognisable = share of samples whose top class has softmax >= 0.9.",
               f"Real digits' own recognisable: {report['real_recognisable']}."]
+    if any(len(r.get("curve", [])) > 1 for r in rows):
+        lines += ["", "On the way (the same n, noise and real subsets):", "",
+                  "| candidate | step | train s | recognisable | fd_ratio | kd_digits | class_balance |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['name']} | {p['step']} | {p['train_s']} | {p['recognisable']:.3f} | {p['fd_ratio']:.2f} | "
+                  f"{p['kd_digits']:.2f} | {p['class_balance']:.3f} |" for r in rows for p in r["curve"]]
     return "\n".join(lines) + "\n"
 
 
@@ -111,10 +141,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--steps", type=int, default=10**6, help="stop a candidate at this many steps (default: none)")
     p.add_argument("--n", type=int, default=256, help="samples scored per candidate (and real images per side)")
     p.add_argument("--candidates", nargs="+", choices=sorted(CANDIDATES), default=list(CANDIDATES))
+    p.add_argument("--checks", type=int, default=1, metavar="K",
+                   help="with --steps: also score at steps x k/K, k = 1 .. K-1 (a curve per candidate; default 1)")
     p.add_argument("--out", default="demo_recipe", help="folder for demo_recipe.json/.md and the grids")
     a = p.parse_args(argv)
-    if a.budget_s <= 0 or a.n < 16 or a.steps < 1:
-        print("demo_recipe: --budget-s must be > 0, --n >= 16 and --steps >= 1", file=sys.stderr)
+    if a.budget_s <= 0 or a.n < 16 or a.steps < 1 or a.checks < 1:
+        print("demo_recipe: --budget-s must be > 0, --n >= 16, --steps >= 1 and --checks >= 1", file=sys.stderr)
         return 2
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -123,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     t = time.time()
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(len(a.candidates)) as pool:
-        jobs = [pool.apply_async(run_candidate, (c, a.budget_s, a.n, str(out), a.steps)) for c in a.candidates]
+        jobs = [pool.apply_async(run_candidate, (c, a.budget_s, a.n, str(out), a.steps, a.checks)) for c in a.candidates]
         results = [j.get() for j in jobs]
     load_after = os.getloadavg()
     real = next((r["real_recognisable"] for r in results if r.get("real_recognisable") is not None), None)

@@ -42,3 +42,21 @@ def test_bad_flags_exit_2_with_one_line(capsys):
     assert main(["--budget-s", "0"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--budget-s" in err
+
+
+def test_checks_score_evenly_spaced_steps_before_the_final_one():
+    from benchmarks.demo_recipe import check_steps
+
+    assert check_steps(4500, 3) == [1500, 3000]
+    assert check_steps(10, 1) == [] and check_steps(3, 4) == [1, 2]   # no step 0, no duplicates
+
+
+def test_the_curve_table_lists_every_point_of_every_candidate():
+    row = {c: 1.0 for c in COLUMNS}
+    curve = [{"step": s, "train_s": 10.0 * s, "recognisable": r, "fd_ratio": 2.0, "kd_digits": 0.5,
+              "class_balance": 0.99} for s, r in ((100, 0.25), (200, 0.5))]
+    report = {"budget_s": 60.0, "n": 256, "conditions": "test", "real_recognisable": 0.94,
+              "candidates": [{**row, "name": "a", "fd_ratio": 2.0, "curve": curve}]}
+    lines = markdown(report).splitlines()
+    assert "| a | 100 | 1000.0 | 0.250 | 2.00 | 0.50 | 0.990 |" in lines
+    assert "| a | 200 | 2000.0 | 0.500 | 2.00 | 0.50 | 0.990 |" in lines
