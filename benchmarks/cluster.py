@@ -294,13 +294,12 @@ def probe_process(spec: dict) -> dict | None:
 
 # -- one timed run, in the driver's namespace -------------------------------------------------------------------------------
 def driver_run(spec: dict) -> dict:
-    """Warm-up, then timed iterations of one DFAGD mode on the emulated cluster; returns the breakdown per iteration."""
+    """Warm-up, then timed iterations of one DFAGD mode on the emulated cluster (spark_training.speedup_probe's
+    time_dfagd, the unit of every speed-up ratio); returns the breakdown and the bytes moved per iteration."""
     from models.config import resolve_config
     from models.data import load_dataset
-    from models.step import build_state
-    from models.trainer import train
-    from spark_training.dfagd import DFAGDJob, DFAGDStats, train_dfagd
     from spark_training.session import spark_session
+    from spark_training.speedup_probe import time_dfagd
 
     warmup, steps = spec["warmup"], spec["steps"]
     cfg = resolve_config(spec["preset"], {
@@ -312,31 +311,18 @@ def driver_run(spec: dict) -> dict:
         **spec.get("overrides", {})})
     data = load_dataset(cfg.data.source, cfg.model.resolution, cfg.model.channels,
                         max(cfg.train.batch_size * cfg.train.n_critic * (warmup + steps + 1), 256))
-    marks: dict[str, dict] = {}
+    counters: dict[str, dict] = {}
 
-    def mark(name: str, stats: DFAGDStats) -> None:
-        marks[name] = {"t": time.perf_counter(), "stats": dict(stats.__dict__),
-                       "counters": read_counters(spec["namespaces"])}
+    def on_mark(name: str) -> None:
+        counters[name] = read_counters(spec["namespaces"])
 
     with spark_session(cfg.spark, f"bench-cluster-{spec['mode']}") as spark:
-        state = build_state(cfg)
-        if spec["mode"] == "star":
-            with DFAGDJob(spark, cfg, data) as source:
-                train(state, source, steps=warmup, print_fn=None)
-                mark("start", source.stats)
-                train(state, source, print_fn=None)
-                mark("end", source.stats)
-        else:
-            stats = DFAGDStats()      # rank 0's cumulative timing, updated with every relayed log
-            train_dfagd(cfg, state=state, spark=spark, data=data, print_fn=None, stats_out=stats,
-                        on_log=lambda s, _m: mark({warmup: "start", warmup + steps: "end"}.get(s.step, "other"), stats))
-    first, last = marks["start"], marks["end"]
-    wall = last["t"] - first["t"]
-    per = {k: (last["stats"][k] - first["stats"][k]) / steps for k in ("compute_s", "compute_cpu_s", "exchange_s")}
-    moved = {h: {k: (last["counters"][h][k] - first["counters"][h][k]) / steps for k in ("sent", "received")}
-             for h in last["counters"]}
-    return {"s_per_iter": wall / steps, "compute_s_per_iter": per["compute_s"], "exchange_s_per_iter": per["exchange_s"],
-            "scheduling_s_per_iter": max(wall / steps - per["compute_s"] - per["exchange_s"], 0.0),
+        wall, _, window = time_dfagd(spark, cfg, data, warmup, steps, on_mark=on_mark)
+    per = window.breakdown(wall)
+    moved = {h: {k: (counters["end"][h][k] - counters["start"][h][k]) / steps for k in ("sent", "received")}
+             for h in counters["end"]}
+    return {"s_per_iter": wall / steps, "compute_s_per_iter": per["compute_s"],
+            "exchange_s_per_iter": per["exchange_s"], "scheduling_s_per_iter": per["scheduling_s"],
             "bytes_per_iter": moved, "reductions_per_iter": cfg.train.n_critic + 1,
             "global_batch": cfg.train.batch_size}
 

@@ -8,6 +8,7 @@ batch and cluster. `measure_speedup` does the same on a session of its own.
 """
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from models.config import Config
@@ -20,27 +21,32 @@ from spark_training.session import spark_session
 __all__ = ["time_dfagd", "probe_config", "speedup_probe", "measure_speedup"]
 
 
-def time_dfagd(spark: Any, cfg: Config, data: ImageSet, warmup: int,
-               steps: int) -> tuple[float, dict[str, float], DFAGDStats]:
-    """One long-lived DFAGD job on a fresh state; returns (seconds for `steps`, breakdown per iteration, stats).
+def time_dfagd(spark: Any, cfg: Config, data: ImageSet, warmup: int, steps: int,
+               on_mark: Callable[[str], None] | None = None) -> tuple[float, dict[str, float], DFAGDStats]:
+    """One long-lived DFAGD job on a fresh state; returns (seconds for `steps`, breakdown per iteration, stats of
+    the timed iterations).
 
-    spark.reduction decides what is timed: `star` through the driver, `allreduce` among the workers' replicas."""
+    spark.reduction decides what is timed: `star` through the driver, `allreduce` among the workers' replicas.
+    on_mark("start") and on_mark("end") are called right at the two clock readings (e.g. to read byte counters)."""
     validate_dfagd(cfg)
+    mark = on_mark or (lambda _name: None)
     if cfg.spark.reduction == "allreduce":
-        return _time_allreduce(spark, cfg, data, warmup, steps)
+        return _time_allreduce(spark, cfg, data, warmup, steps, mark)
     state = build_state(cfg)
     with DFAGDJob(spark, cfg, data) as source:
         train(state, source, steps=warmup, print_fn=None)
         source.stats.reset()
+        mark("start")
         t0 = time.perf_counter()
         train(state, source, steps=warmup + steps, print_fn=None)
         wall = time.perf_counter() - t0
+        mark("end")
         stats = source.stats
     return wall, {k: round(v, 4) for k, v in stats.breakdown(wall).items()}, stats
 
 
-def _time_allreduce(spark: Any, cfg: Config, data: ImageSet, warmup: int,
-                    steps: int) -> tuple[float, dict[str, float], DFAGDStats]:
+def _time_allreduce(spark: Any, cfg: Config, data: ImageSet, warmup: int, steps: int,
+                    mark: Callable[[str], None]) -> tuple[float, dict[str, float], DFAGDStats]:
     """time_dfagd for spark.reduction=allreduce: rank 0 runs the loop, so the clock is the driver's receipt of rank
     0's log lines at the last warm-up step and at the last step (one log per step; the relay is off rank 0's
     critical path), and the breakdown is rank 0's cumulative timing between those two lines."""
@@ -52,6 +58,7 @@ def _time_allreduce(spark: Any, cfg: Config, data: ImageSet, warmup: int,
     def on_log(state: Any, _metrics: dict[str, float]) -> None:
         if state.step in (warmup, warmup + steps):
             marks[state.step] = (time.perf_counter(), dict(stats.__dict__))
+            mark("start" if state.step == warmup else "end")
 
     train_dfagd(cfg, state=build_state(cfg), spark=spark, data=data, print_fn=None, stats_out=stats, on_log=on_log)
     if len(marks) != 2:

@@ -124,7 +124,9 @@ def test_time_dfagd_times_allreduce_between_rank0s_log_lines(spark, digits16):
     from spark_training.speedup_probe import time_dfagd
 
     c = cfg(2, **{"spark.reduction": "allreduce", "train.log_every": 5})
-    wall, breakdown, stats = time_dfagd(spark, c, digits16, 1, 3)
+    marks: list[str] = []
+    wall, breakdown, stats = time_dfagd(spark, c, digits16, 1, 3, on_mark=marks.append)
+    assert marks == ["start", "end"]                  # bench cluster reads its byte counters there
     assert stats.iterations == 3
     assert stats.reductions == 3 * (c.train.n_critic + 1)
     assert stats.bytes_sent == 0                      # nothing went through the driver's reduction server
