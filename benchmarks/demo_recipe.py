@@ -57,6 +57,8 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "demo_diffaug_t": ("demo", {"train.augment": "translation"}),
     "demo_lazy_r1_4": ("demo", {"train.reg_every": 4}),
     "demo_diffaug_tc_lazy_r1_4": ("demo", {"train.augment": "translation,cutout", "train.reg_every": 4}),
+    # round 5, at equal steps past the demo's 3,000: a longer EMA once the blobs are over, and DiffAugment's shift
+    "demo_ema0.999_from500": ("demo", {"train.ema_decay": 0.999, "train.ema_start": 500}),
 }
 COLUMNS = ("steps", "s_per_step", "recognisable", "fd_digits", "fd_digits_floor", "fd_ratio", "kd_digits",
            "class_balance", "msssim_diversity", "g_params")

@@ -498,13 +498,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # (benchmarks/demo_recipe.py, docs/quality.md#the-demos-recipe-chosen-by-measurement): quality32's small model,
     # NS + R1 at n_critic 1, lr 1e-3 and EMA 0.995 learned the most per second, and lazy R1 (every 4th D update)
     # made a step 0.8x as long, spent on 3,000 steps; the thesis' WGAN-GP recipe is the preset thesis32. A CPU
-    # without AVX-512 runs a step about 2.5x slower, so 6 minutes of training cap it there (a fast CPU finishes the
+    # without AVX-512 runs a step about 2.5x slower, so 5.5 minutes of training cap it there (a fast CPU finishes the
     # 3,000 steps first). SinGAN: max side 128, widths 32 and 100 iterations per scale (deviations from the paper,
     # for time), and G's BatchNorm frozen for the last 20 % of each scale (reconstruction RMSE 0.120 -> 0.096 on
     # skimage:coffee at the same cost; docs/singan.md).
     "demo": {
         "model": dict(_QUALITY32_MODEL),
-        "train": {"steps": 3000, "max_minutes": 6.0, "batch_size": 32, "n_critic": 1, "loss": "ns", "penalty": "r1",
+        "train": {"steps": 3000, "max_minutes": 5.5, "batch_size": 32, "n_critic": 1, "loss": "ns", "penalty": "r1",
                   "gp_weight": 1.0, "reg_every": 4, "lr_g": 1e-3, "lr_d": 1e-3, "betas": (0.5, 0.99), "ema_decay": 0.995,
                   "ema_start": 20, "log_every": 50, "sample_every": 500, "checkpoint_every": 500},
         "eval": {"n_samples": 256},

@@ -10,7 +10,7 @@ def test_demo_trains_quality32s_recipe_and_thesis32_keeps_the_thesis_recipe():
     demo, q32, thesis = resolve_config("demo"), resolve_config("quality32"), resolve_config("thesis32")
     assert demo.model == q32.model
     measured = {"steps": 3000, "lr_g": 1e-3, "lr_d": 1e-3, "ema_decay": 0.995,     # docs/quality.md: the search
-                "reg_every": 4, "augment": "", "max_minutes": 6.0}
+                "reg_every": 4, "augment": "", "max_minutes": 5.5}
     cadence = ("log_every", "sample_every")
     assert {k: v for k, v in demo.train.to_dict().items() if k in measured} == measured
     assert ({k: v for k, v in demo.train.to_dict().items() if k not in measured and k not in cadence}
