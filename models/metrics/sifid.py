@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pytorch_fid.fid_score import calculate_frechet_distance
 from torch import nn
 from torchvision.models import Inception_V3_Weights, inception_v3
 
 from models.files import sha256_file
+from models.metrics.fid import frechet_distance
 from models.metrics.inception import InceptionWeightsError, randomize_
 from models.metrics.registry import public_name
 
@@ -139,8 +139,8 @@ def sifid_scores(real: torch.Tensor, fakes: torch.Tensor, net: nn.Module, batch_
     scores = []
     for f in _features(fakes, net, batch_size):
         mu_f, sigma_f = spatial_stats(f)
-        # sqrtm round-off can give -1e-9 for identical statistics
-        scores.append(max(0.0, float(calculate_frechet_distance(mu_r, sigma_r, mu_f, sigma_f))))
+        # FID's distance (pytorch-fid's value, through eigh); round-off can give -1e-9 for identical statistics
+        scores.append(max(0.0, frechet_distance(mu_r, sigma_r, mu_f, sigma_f)))
     return scores
 
 
