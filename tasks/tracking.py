@@ -122,7 +122,12 @@ def _create_tables(uri: str, db: Path) -> None:
     MLflow's schema migrations on it, and one of them fails ("Online migration expected to match one row")."""
     if uri in _TABLES_READY:
         return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
     with exclusive(db.with_name(db.name + ".lock")):
+        # A new store gets its Default experiment's artifacts next to the database too; MLflow's own default
+        # would be ./mlruns in whatever folder the first process happened to run in.
+        SqlAlchemyStore(uri, artifact_root(uri).as_uri())
         client = MlflowClient(tracking_uri=uri, registry_uri=uri)
         client.search_experiments(max_results=1)          # the tracking store's tables ...
         client.search_registered_models(max_results=1)    # ... and the registry's

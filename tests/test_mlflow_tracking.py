@@ -110,6 +110,29 @@ def test_experiment_artifacts_live_next_to_the_sqlite_store(store):
     assert location == (db.parent / "mlartifacts" / "t_location").as_uri()
 
 
+def test_a_new_store_keeps_even_the_default_experiments_artifacts_next_to_it(tmp_path, monkeypatch):
+    """A run in experiment 0 (a user's plain mlflow.start_run()) writes nothing into the working directory."""
+    import mlflow
+
+    from tasks.tracking import configure_tracking
+
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    try:
+        configure_tracking(uri)
+        with mlflow.start_run(experiment_id="0") as run:
+            mlflow.log_text("x", "a.txt")
+        assert mlflow.get_experiment("0").artifact_location == (tmp_path / "store" / "mlartifacts" / "0").as_uri()
+    finally:
+        monkeypatch.delenv("MLFLOW_TRACKING_URI")
+        configure_tracking()
+    assert list(cwd.iterdir()) == []
+    assert (tmp_path / "store" / "mlartifacts" / "0" / run.info.run_id / "artifacts" / "a.txt").is_file()
+
+
 def test_tiny_run_logs_params_tags_metrics_and_artifacts(tiny_run):
     from mlflow.tracking import MlflowClient
 
