@@ -255,7 +255,7 @@ def class_balance(probs: np.ndarray) -> float:
 @register_metric("fd_digits", higher_is_better={"fd_digits": False}, features=DOMAIN, floor_ratio=True)
 def fd_digits(inputs: MetricInputs) -> dict[str, float]:
     (mu_r, sigma_r), (mu_f, sigma_f) = inputs.real_stats, inputs.fake_stats
-    return {"fd_digits": max(0.0, frechet_distance(mu_f, sigma_f, mu_r, sigma_r))}   # sqrtm round-off: -1e-9
+    return {"fd_digits": frechet_distance(mu_f, sigma_f, mu_r, sigma_r)}
 
 
 @register_metric("kd_digits", higher_is_better={"kd_digits": False}, features=DOMAIN, floor=True,

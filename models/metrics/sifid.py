@@ -139,8 +139,7 @@ def sifid_scores(real: torch.Tensor, fakes: torch.Tensor, net: nn.Module, batch_
     scores = []
     for f in _features(fakes, net, batch_size):
         mu_f, sigma_f = spatial_stats(f)
-        # FID's distance (pytorch-fid's value, through eigh); round-off can give -1e-9 for identical statistics
-        scores.append(max(0.0, frechet_distance(mu_r, sigma_r, mu_f, sigma_f)))
+        scores.append(frechet_distance(mu_r, sigma_r, mu_f, sigma_f))   # FID's distance (pytorch-fid's value)
     return scores
 
 
