@@ -113,22 +113,22 @@ def test_experiment_artifacts_live_next_to_the_sqlite_store(store):
 def test_a_new_store_keeps_even_the_default_experiments_artifacts_next_to_it(tmp_path, monkeypatch):
     """A run in experiment 0 (a user's plain mlflow.start_run()) writes nothing into the working directory."""
     import mlflow
+    from mlflow.tracking._model_registry import utils as reg_utils
+    from mlflow.tracking._tracking_service import utils as track_utils
 
     from tasks.tracking import configure_tracking
 
     cwd = tmp_path / "cwd"
     cwd.mkdir()
     monkeypatch.chdir(cwd)
-    uri = f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    saved = track_utils._tracking_uri, reg_utils._registry_uri      # the module's store, for the tests after this
     try:
-        configure_tracking(uri)
+        configure_tracking(f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}")
         with mlflow.start_run(experiment_id="0") as run:
             mlflow.log_text("x", "a.txt")
         assert mlflow.get_experiment("0").artifact_location == (tmp_path / "store" / "mlartifacts" / "0").as_uri()
     finally:
-        monkeypatch.delenv("MLFLOW_TRACKING_URI")
-        configure_tracking()
+        track_utils._tracking_uri, reg_utils._registry_uri = saved
     assert list(cwd.iterdir()) == []
     assert (tmp_path / "store" / "mlartifacts" / "0" / run.info.run_id / "artifacts" / "a.txt").is_file()
 
