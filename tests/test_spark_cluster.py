@@ -38,8 +38,12 @@ def test_bench_speedup_cli_writes_the_contract(tmp_path):
     r = json.loads(out.read_text())
     assert {"preset", "global_batch", "steps", "runs", "speedup", "efficiency", "vs_torch", "vs_ddp",
             "model_prediction", "vs_previous_defaults", "vs_torch_compiled", "fraction_of_peak"} <= set(r)
-    assert [(x["mode"], x["workers"]) for x in r["runs"]] == [("torch", 1), ("torch_compiled", 1), ("dfagd", 1),
-                                                             ("dfagd", 2), ("ddp", 2)]
+    # the CLI times both reductions by default: star's runs are "dfagd", all-reduce's follow under their own mode
+    assert [(x["mode"], x["workers"]) for x in r["runs"]] == [
+        ("torch", 1), ("torch_compiled", 1), ("dfagd", 1), ("dfagd", 2), ("dfagd_allreduce", 1),
+        ("dfagd_allreduce", 2), ("ddp", 2)]
+    assert r["primary_reduction"] == "star" and set(r["reductions"]) == {"star", "allreduce"}
+    assert set(r["reductions"]["allreduce"]["speedup"]) == {"2"}
     assert r["runs"][0]["threads"] == 2
     assert set(r["runs"][2]["breakdown"]) == {"compute_s", "exchange_s", "scheduling_s"}
     assert all(x["images_per_s"] > 0 and x["s_per_iter"] > 0 for x in r["runs"])
