@@ -11,6 +11,10 @@ snapshots per run are evaluated afterwards on a cheap n (KID/PRDC and the domain
 for the curves; the final generators with models.metrics.evaluate_images on the same n against the same fixed
 real subset, with floors and, on the digits, the digit metrics. benchmarks.quality_report turns the runs into
 mean and sd per metric, the verdicts, the Markdown table and the figure; the caller logs to MLflow.
+
+Recipes: before the seeds, `search_recipes` gives every model the same search budget (each recipe of RECIPES for
+the same minutes, on a seed no benchmark run uses) and keeps the recipe with the best primary metric, so that no
+model is judged with a recipe tuned for another (the presets' recipes were tuned for TransSRGAN).
 """
 
 import copy
@@ -38,6 +42,20 @@ SAMPLE_SEED = 0           # noise seed of every evaluated / plotted sample
 CURVE_METRICS = ("kid", "prdc")   # unbiased KID needs no sqrtm: cheap enough for several points per model
 PARAM_TOLERANCE = 0.10    # the matched DCGAN's generator has TransSRGAN's parameter count within this fraction
 Clock = Callable[[], float]       # seconds, monotonic (time.perf_counter; tests pass a fake one)
+# What a recipe sets: the loss, its regulariser and the optimiser (train.*); never the data, batch or model size.
+RECIPE_FIELDS = ("loss", "penalty", "gp_weight", "n_critic", "reg_every", "lr_g", "lr_d", "betas", "ema_decay",
+                 "ema_start")
+# The recipes the search tries for every model: three presets' (each tuned for TransSRGAN: quality32's NS + R1,
+# the demo's faster NS + lazy R1, the thesis' WGAN-GP) and DCGAN's own from its paper (NS loss, no penalty, Adam
+# lr 2e-4, beta1 0.5), with quality32's EMA so that every model is scored through the same kind of EMA generator.
+RECIPES: dict[str, str | dict[str, Any]] = {
+    "quality32": "quality32",
+    "demo": "demo",
+    "thesis_wgan_gp": "thesis32",
+    "dcgan_paper": {"loss": "ns", "penalty": "none", "gp_weight": 0.0, "n_critic": 1, "reg_every": 1, "lr_g": 2e-4,
+                    "lr_d": 2e-4, "betas": (0.5, 0.999), "ema_decay": 0.98, "ema_start": 20},
+}
+SEARCH_SEED_OFFSET = 1000   # the search trains on train.seed + this: a seed none of the benchmark's runs uses
 
 
 @dataclass
@@ -71,6 +89,15 @@ def quality_configs(preset: str = "quality32", overrides: dict[str, Any] | None 
     configs["dcgan_matched"] = configs["dcgan"].updated(
         {"model.dcgan_channels": matched_dcgan_channels(configs["transsrgan"])})
     return configs
+
+
+def recipe(name: str) -> dict[str, Any]:
+    """RECIPES[name] as train.* overrides of every RECIPE_FIELDS key (a preset's are read from the preset)."""
+    if name not in RECIPES:
+        raise ValueError(f"recipe: expected one of {', '.join(RECIPES)}, got {name!r}")
+    spec = RECIPES[name]
+    train_cfg = resolve_config(spec).train if isinstance(spec, str) else None
+    return {f"train.{k}": getattr(train_cfg, k) if train_cfg is not None else spec[k] for k in RECIPE_FIELDS}
 
 
 def generator_params(model_cfg) -> int:
@@ -197,9 +224,64 @@ def evaluate_run(run: TrainedModel, real: np.ndarray, eval_cfg: EvalConfig, *, f
     return final, curve
 
 
+def search_metric(eval_cfg: EvalConfig, domain: str | None) -> tuple[EvalConfig, str | None]:
+    """The evaluation the recipe search scores with, and its metric: on a domain with its own primary (fd_digits
+    on the digits) that one, with one cheap images-only metric beside it (eval.metrics cannot be empty); else
+    eval.primary_metric alone (None: read its public name from the result, which depends on the weights found)."""
+    from models.metrics.registry import DOMAINS
+
+    if domain is not None:
+        return (EvalConfig(**{**eval_cfg.to_dict(), "metrics": ("msssim_diversity",), "diversity_pairs": 8}),
+                DOMAINS[domain].primary)
+    return EvalConfig(**{**eval_cfg.to_dict(), "metrics": (eval_cfg.primary_metric,)}), None
+
+
+def search_recipes(configs: dict[str, Config], minutes: float, data: ImageSet, real: np.ndarray, *,
+                   recipes: tuple[str, ...] = tuple(RECIPES), engine: str = "spark", spark=None,
+                   domain: str | None = None, fingerprint: str | None = None, floor_real: np.ndarray | None = None,
+                   print_fn: Callable[[str], None] | None = print, clock: Clock = time.perf_counter
+                   ) -> dict[str, Any]:
+    """Each model trains with each recipe for `minutes` (the same search budget for every model: len(recipes) x
+    minutes), all pairs in round-robin slices so that they share the machine's load, on the seed train.seed +
+    SEARCH_SEED_OFFSET; each final EMA generator is scored on eval.n_samples by search_metric. Returns
+    {"minutes", "seed", "recipes", "metric", "higher_is_better", "models": {name: {"best", "scores": {recipe:
+    value}, "iterations": {recipe: G updates}}}}; ties go to the recipe listed first."""
+    if not recipes:
+        raise ValueError("recipes: expected at least one")
+    for name in recipes:
+        recipe(name)                      # an unknown name fails before any training
+    say = print_fn or (lambda _m: None)
+    first = next(iter(configs.values()))
+    seed = first.train.seed + SEARCH_SEED_OFFSET
+    budget_s = minutes * 60.0
+    group = {f"{name}/{r}": start_run(cfg.updated({**recipe(r), "train.seed": seed}), budget_s, 0)
+             for name, cfg in configs.items() for r in recipes}
+    say(f"  recipe search: {len(recipes)} recipe(s) x {minutes:g} min per model on seed {seed}: {', '.join(recipes)}")
+    # at least two rounds, so that no recipe trains only at the start or the end of the search's load
+    interleave(group, budget_s, max(2, round(minutes)), data, engine, spark, print_fn, say, clock=clock)
+    score_cfg, metric = search_metric(first.eval, domain)
+    out: dict[str, Any] = {"minutes": minutes, "seed": seed, "recipes": list(recipes), "models": {}}
+    hib = False
+    for name in configs:
+        scores, iterations = {}, {}
+        for r in recipes:
+            run = group[f"{name}/{r}"]
+            res = evaluate_images(generated(run.state.G_ema, score_cfg.n_samples, run.config), real, config=score_cfg,
+                                  fingerprint=fingerprint, seed=SAMPLE_SEED, floor_real=floor_real, domain=domain)
+            metric = metric or res.primary_metric_name
+            hib = res.higher_is_better.get(metric, False)
+            scores[r], iterations[r] = res.metrics[metric], run.iterations
+            say(f"  recipe search: {name} with {r}: {metric} {scores[r]:.4g} after {run.iterations} iterations")
+        best = (max if hib else min)(recipes, key=lambda r: scores[r])   # the first of equal scores
+        out["models"][name] = {"best": best, "scores": scores, "iterations": iterations}
+    out["metric"], out["higher_is_better"] = metric, hib
+    return out
+
+
 def bench_quality(configs: dict[str, Config], minutes: float, data: ImageSet, *, data_name: str,
                   engine: str = "spark", fingerprint: str | None = None, seeds: int = 3, domain: str | None = None,
-                  curve_points: int = 2, curve_n: int = 64, slices: int = 0,
+                  curve_points: int = 2, curve_n: int = 64, slices: int = 0, search_minutes: float = 0.0,
+                  recipes: tuple[str, ...] = tuple(RECIPES),
                   print_fn: Callable[[str], None] | None = print, clock: Clock = time.perf_counter
                   ) -> tuple[dict[str, Any], dict[str, list[TrainedModel]]]:
     """Train every config for `minutes` once per training seed (train.seed, +1, ... `seeds` in all), evaluate all
@@ -208,7 +290,9 @@ def bench_quality(configs: dict[str, Config], minutes: float, data: ImageSet, *,
     domain: the data's domain (e.g. "digits", tasks.evaluate.data_domain) whose metrics also run; on the digits
     fd_digits is the primary metric. slices: the budget is trained in this many round-robin slices per model
     (default: one per minute), so that the models of a seed see the same background load on a shared machine;
-    DFAGD's worker start-up per slice is not counted in the budget.
+    DFAGD's worker start-up per slice is not counted in the budget. search_minutes > 0: first search_recipes
+    with `recipes` at that many minutes each, then every model runs its seeds with its best recipe (0: every
+    model keeps its config's recipe).
     """
     from benchmarks.quality_report import summarise, target, target_rules, verdict
 
@@ -234,8 +318,20 @@ def bench_quality(configs: dict[str, Config], minutes: float, data: ImageSet, *,
         f"({first.model.resolution}px, {first.model.channels} ch), global batch {first.train.batch_size}, "
         f"engine {engine}" + (f" ({first.spark.workers} workers on {first.spark.master})" if engine == "spark" else ""))
     runs: dict[str, list[TrainedModel]] = {name: [] for name in configs}
+    search: dict[str, Any] = {}
+    if search_minutes < 0:
+        raise ValueError(f"search_minutes: expected >= 0, got {search_minutes}")
+    for name in recipes:
+        recipe(name)
 
     def train_all(spark) -> None:
+        nonlocal configs
+        if search_minutes > 0:
+            search.update(search_recipes(configs, search_minutes, data, real, recipes=recipes, engine=engine,
+                                         spark=spark, domain=domain, fingerprint=fingerprint, floor_real=floor_real,
+                                         print_fn=print_fn, clock=clock))
+            configs = {name: cfg.updated(recipe(search["models"][name]["best"])) for name, cfg in configs.items()}
+            say("  recipes: " + ", ".join(f"{name} {m['best']}" for name, m in search["models"].items()))
         for seed in train_seeds:
             group = {name: start_run(cfg.updated({"train.seed": seed}), budget_s, curve_points)
                      for name, cfg in configs.items()}
@@ -265,6 +361,7 @@ def bench_quality(configs: dict[str, Config], minutes: float, data: ImageSet, *,
                             "images_per_s": round(run.images_per_s, 3), "metrics": any_result.metrics, "curve": curve})
         state = seed_runs[0].state
         models[name] = {"params": count_params(state.G), "params_d": count_params(state.D),
+                        "recipe": search["models"][name]["best"] if search else None,
                         "dcgan_channels": seed_runs[0].config.model.dcgan_channels if name != "transsrgan" else None,
                         **{k: summarise([r[k] for r in records]) for k in ("iterations", "train_s", "s_per_iter",
                                                                             "images_per_s")},
@@ -281,7 +378,8 @@ def bench_quality(configs: dict[str, Config], minutes: float, data: ImageSet, *,
               "resolution": first.model.resolution, "channels": first.model.channels,
               "global_batch": first.train.batch_size, "feature_extractor": any_result.extractor, "slices": slices,
               "higher_is_better": hib, "verdict": verdicts, "target_rules": rules,
-              "target": {pair: target(v, rules) for pair, v in verdicts.items()}}
+              "target": {pair: target(v, rules) for pair, v in verdicts.items()},
+              "recipe_search": search or None}
     if "transsrgan" in models and "dcgan_matched" in models:
         result["param_ratio_matched"] = round(models["dcgan_matched"]["params"] / models["transsrgan"]["params"], 4)
     return result, runs

@@ -101,7 +101,28 @@ def markdown(result: dict[str, Any]) -> str:
     lines += ["", f"Feature extractor: `{result['feature_extractor']}`. Target: TransSRGAN "
               + ", ".join(f"{rule} on {k}" for k, rule in rules.items()) + "."]
     lines += [f"- {pair}: **{'met' if met else 'not met'}**" for pair, met in result.get("target", {}).items()]
+    lines += search_markdown(result.get("recipe_search"))
     return "\n".join(lines) + "\n"
+
+
+def search_markdown(search: dict[str, Any] | None) -> list[str]:
+    """The recipe search's table (each model's score per recipe, its pick in bold), or nothing without a search."""
+    if not search:
+        return []
+    recipes, names = search["recipes"], list(search["models"])
+    lines = ["", f"Recipes: each model trained with each recipe for {search['minutes']:g} min on seed {search['seed']} "
+             f"(the same search budget for every model), scored by {search['metric']} "
+             f"({'higher' if search['higher_is_better'] else 'lower'} is better); the benchmark's seeds then use "
+             "each model's pick (bold); iterations in brackets.", "",
+             "| recipe | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
+    for r in recipes:
+        cells = []
+        for name in names:
+            m = search["models"][name]
+            cell = f"{m['scores'][r]:.4g} ({m['iterations'][r]})"
+            cells.append(f"**{cell}**" if m["best"] == r else cell)
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    return lines
 
 
 # ---------------------------------------------------------------- figure

@@ -7,11 +7,14 @@ import pytest
 from benchmarks.quality import (
     MODELS,
     PARAM_TOLERANCE,
+    RECIPES,
+    SEARCH_SEED_OFFSET,
     bench_quality,
     generator_params,
     interleave,
     quality_configs,
     real_subset,
+    recipe,
     start_run,
     train_for_budget,
 )
@@ -175,6 +178,50 @@ def test_bench_json_shape_over_seeds_and_markdown():
     assert "2 training seed(s): 0, 1" in table
 
 
+def test_recipes_set_only_the_training_recipe_and_are_valid_for_every_model():
+    assert recipe("demo")["train.reg_every"] == 4 and recipe("demo")["train.lr_g"] == 1e-3   # read from the preset
+    assert recipe("thesis_wgan_gp")["train.loss"] == "wgan" and recipe("thesis_wgan_gp")["train.n_critic"] == 2
+    assert recipe("dcgan_paper")["train.penalty"] == "none" and recipe("dcgan_paper")["train.betas"] == (0.5, 0.999)
+    cfgs = quality_configs("quality32")
+    for name in RECIPES:
+        assert all(k.startswith("train.") for k in recipe(name))
+        for cfg in cfgs.values():
+            new = cfg.updated(recipe(name))          # validates
+            assert (new.model, new.data, new.eval, new.train.batch_size, new.train.seed) == \
+                (cfg.model, cfg.data, cfg.eval, cfg.train.batch_size, cfg.train.seed)
+    with pytest.raises(ValueError, match="recipe: expected one of"):
+        recipe("adam_forever")
+
+
+def test_recipe_search_gives_every_model_the_same_budget_and_its_own_best_recipe():
+    """Two recipes x three models at a budget of clock readings: every pair trains the same number of iterations
+    on the search's own seed, the pick is the best score, and the benchmark's seeds run with each model's pick."""
+    over = {**TINY, "train.log_every": 0, "eval.metrics": ["msssim_diversity"], "eval.diversity_pairs": 8,
+            "eval.primary_metric": "msssim_diversity", "eval.allow_random_features": True}
+    cfgs = quality_configs("tiny", over)
+    data = load_dataset("digits", 16, 1, 256)
+    result, runs = bench_quality(cfgs, 1.0 / 60, data, data_name="digits", engine="local", seeds=1, curve_points=0,
+                                 curve_n=8, print_fn=None, clock=Ticks(0.5), search_minutes=1.0 / 60,
+                                 recipes=("quality32", "dcgan_paper"))
+    search = result["recipe_search"]
+    assert search["seed"] == SEARCH_SEED_OFFSET and search["recipes"] == ["quality32", "dcgan_paper"]
+    assert search["metric"] == "msssim_diversity" and search["higher_is_better"] is False   # mean MS-SSIM
+    assert {it for m in search["models"].values() for it in m["iterations"].values()} == {2}   # same budget
+    for name, m in search["models"].items():
+        assert m["best"] == min(("quality32", "dcgan_paper"), key=lambda r: m["scores"][r])
+        assert result["models"][name]["recipe"] == m["best"]
+        train_cfg = runs[name][0].config.train
+        assert {f"train.{k}": getattr(train_cfg, k) for k in ("loss", "penalty", "lr_g", "betas")} == \
+            {k: v for k, v in recipe(m["best"]).items() if k in ("train.loss", "train.penalty", "train.lr_g",
+                                                                  "train.betas")}
+        assert train_cfg.seed == 0                   # the benchmark's seeds are not the search's
+    table = markdown(result)
+    assert "| dcgan_paper | " in table and "scored by msssim_diversity" in table
+    with pytest.raises(ValueError, match="recipe: expected one of"):
+        bench_quality(cfgs, 1.0 / 60, data, data_name="digits", engine="local", seeds=1, print_fn=None,
+                      search_minutes=1.0, recipes=("nope",))
+
+
 def test_cli_rejects_bad_arguments(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["bench", "quality", "--minutes", "0"])
@@ -183,6 +230,11 @@ def test_cli_rejects_bad_arguments(capsys):
     assert "--data" in capsys.readouterr().err
     assert main(["bench", "quality", "--preset", "tiny", "--set", "train.n_critic=0"]) == 2
     assert "train.n_critic" in capsys.readouterr().err
+    assert main(["bench", "quality", "--preset", "tiny", "--recipes", "quality32,nope"]) == 2
+    assert "--recipes: expected names from quality32, demo" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["bench", "quality", "--search-minutes", "-1"])
+    assert exc.value.code == 2 and "--search-minutes" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -194,7 +246,7 @@ def test_bench_quality_end_to_end_with_dfagd_and_mlflow(tmp_path):
     out = tmp_path / "bench"
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     code = main(["bench", "quality", "--preset", "tiny", "--minutes", "0.05", "--n", "8", "--curve-points", "1",
-                 "--seeds", "2",
+                 "--seeds", "2", "--search-minutes", "0.02", "--recipes", "quality32,dcgan_paper",
                  "--curve-n", "8", "--out", str(out), "--json", str(tmp_path / "q.json"), "--tracking-uri", uri,
                  "--set", "data.limit=256", "--set", "eval.kid_subsets=10", "--spark-master", "local[2]"])
     assert code == 0
@@ -216,6 +268,10 @@ def test_bench_quality_end_to_end_with_dfagd_and_mlflow(tmp_path):
         assert set(m["metrics"]) == keys
     assert set(result["verdict"]) == {"transsrgan_vs_dcgan", "transsrgan_vs_dcgan_matched"}
     assert result["verdict"]["transsrgan_vs_dcgan"]["fd_digits"] in ("better", "worse", "tie")
+    search = result["recipe_search"]
+    assert search["metric"] == "fd_digits" and search["higher_is_better"] is False   # the digits' primary
+    picks = {name: m["best"] for name, m in search["models"].items()}
+    assert set(picks) == set(result["models"]) and set(picks.values()) <= {"quality32", "dcgan_paper"}
     assert (out / "bench_quality.md").is_file() and (out / "bench_quality.png").stat().st_size > 10_000
     mlflow.set_tracking_uri(uri)
     client = MlflowClient(uri)
@@ -229,6 +285,8 @@ def test_bench_quality_end_to_end_with_dfagd_and_mlflow(tmp_path):
         name, seed = r.info.run_name.rsplit("-seed", 1)
         record = result["models"][name]["runs"][int(seed)]
         assert r.data.params["model.arch"] == name.removesuffix("_matched") and r.data.params["train.seed"] == seed
+        assert r.data.tags["recipe"] == picks[name]
+        assert r.data.params["train.lr_g"] == str(recipe(picks[name])["train.lr_g"])   # trained with its pick
         assert r.data.metrics["fd_digits"] == record["metrics"]["fd_digits"]
         assert "loss_d" in r.data.metrics or record["iterations"] < 5
 

@@ -29,6 +29,23 @@ def _positive_float(value: str) -> float:
     return x
 
 
+def _minutes_or_zero(value: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {value!r}") from None
+    if not 0 <= x < math.inf:
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 of minutes, got {value}")
+    return x
+
+
+def _names(value: str) -> tuple[str, ...]:
+    names = tuple(x.strip() for x in value.split(",") if x.strip())
+    if not names:
+        raise argparse.ArgumentTypeError(f"expected a comma list of recipe names, got {value!r}")
+    return names
+
+
 def _int_at_least(lo: int):
     def parse(value: str) -> int:
         try:
@@ -54,13 +71,22 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
                                          "primary). Reports mean ± sd over the seeds and a verdict per metric: "
                                          "better/worse when the means differ by more than 2 pooled sd, else tie. "
                                          "Writes JSON, a Markdown table and a figure; logs a parent MLflow run "
-                                         f"with one child per model and seed (experiment {EXPERIMENT}). Time: "
-                                         "3 models x seeds x minutes of training, plus evaluation.")
+                                         f"with one child per model and seed (experiment {EXPERIMENT}). First, "
+                                         "every model gets the same recipe search (each recipe for "
+                                         "--search-minutes on a seed of its own; the best primary metric wins), "
+                                         "so that none is judged with a recipe tuned for another. Time: 3 models "
+                                         "x (recipes x search minutes + seeds x minutes) of training, plus "
+                                         "evaluation.")
     p.add_argument("--data", default="digits", metavar="PATH", help="'digits' (default) or an image folder")
     p.add_argument("--minutes", type=_positive_float, default=8.0, metavar="M",
                    help="training budget per model and seed in wall-clock minutes (default 8)")
     p.add_argument("--seeds", type=_int_at_least(1), default=3, metavar="K",
                    help="training seeds per model: train.seed, +1, ..., K in all (default 3); mean ± sd over them")
+    p.add_argument("--search-minutes", type=_minutes_or_zero, default=1.0, metavar="M",
+                   help="recipe search: minutes per model and recipe (default 1; 0: every model keeps the preset's "
+                        "recipe)")
+    p.add_argument("--recipes", type=_names, metavar="A,B",
+                   help="recipes the search tries (default all: quality32, demo, thesis_wgan_gp, dcgan_paper)")
     p.add_argument("--json", metavar="FILE", help="write the result JSON here (default OUT/bench_quality.json)")
     p.add_argument("--markdown", metavar="FILE", help="write the Markdown table here (default OUT/bench_quality.md)")
     p.add_argument("--figure", metavar="FILE", help="write the figure PNG here (default OUT/bench_quality.png); for "
@@ -112,8 +138,11 @@ def run(args: argparse.Namespace) -> int:
     from flows.cli import require_checkout
 
     require_checkout("benchmarks")
-    from benchmarks.quality import quality_configs
+    from benchmarks.quality import RECIPES, quality_configs
 
+    unknown = [r for r in args.recipes or () if r not in RECIPES]
+    if unknown:
+        raise UsageError(f"--recipes: expected names from {', '.join(RECIPES)}, got {', '.join(unknown)}")
     try:
         configs = quality_configs(args.preset, _overrides(args))
     except ConfigError as exc:
@@ -151,6 +180,9 @@ def bench_and_log(args: argparse.Namespace, configs: dict, out: Path, paths: dic
     from tasks.evaluate import data_domain
     from tasks.tracking import configure_tracking, ensure_experiment, run_tags
 
+    from benchmarks.quality import RECIPES
+
+    recipes = args.recipes or tuple(RECIPES)
     first = next(iter(configs.values()))
     try:
         gate = run_data_gate(args.data, out / "validation", first.data, first.model.resolution)
@@ -173,6 +205,7 @@ def bench_and_log(args: argparse.Namespace, configs: dict, out: Path, paths: dic
         mlflow.log_params({"minutes": args.minutes, "seeds": args.seeds, "data": args.data, "preset": args.preset,
                            "engine": args.engine, "eval.n_samples": first.eval.n_samples, "curve_points": args.curve_points,
                            "curve_n": args.curve_n, "spark.workers": first.spark.workers,
+                           "search_minutes": args.search_minutes, "recipes": ",".join(recipes),
                            "train.batch_size": first.train.batch_size, "model.resolution": first.model.resolution})
         for report in (gate.validation_json, gate.quarantine_path):
             mlflow.log_artifact(report, "validation")
@@ -180,7 +213,8 @@ def bench_and_log(args: argparse.Namespace, configs: dict, out: Path, paths: dic
             result, runs = bench_quality(configs, args.minutes, data, data_name=args.data, engine=args.engine,
                                          fingerprint=gate.fingerprint, seeds=args.seeds, domain=domain,
                                          curve_points=args.curve_points, curve_n=args.curve_n,
-                                         slices=args.slices or 0)
+                                         slices=args.slices or 0, search_minutes=args.search_minutes,
+                                         recipes=recipes)
         except InceptionWeightsError as exc:
             raise UsageError(f"--require-standard-features: {exc}") from exc
         result["mlflow_run_id"] = parent.info.run_id
@@ -203,6 +237,12 @@ def bench_and_log(args: argparse.Namespace, configs: dict, out: Path, paths: dic
                             for k, s in {**m["metrics"], "iterations": m["iterations"],
                                          "images_per_s": m["images_per_s"]}.items()
                             for suffix, part in (("", "mean"), (".sd", "sd"))})
+        search = result["recipe_search"]
+        if search:
+            mlflow.log_metrics({f"search.{name}.{r}.{search['metric']}": v for name, m in search["models"].items()
+                                for r, v in m["scores"].items()})
+            for name, m in search["models"].items():
+                mlflow.set_tag(f"recipe.{name}", m["best"])
         for path in paths.values():
             mlflow.log_artifact(str(path))
     return result
@@ -223,7 +263,8 @@ def _log_child(client, exp_id: str, parent_id: str, name: str, run, record: dict
 
     seed = run.config.train.seed
     tags = {**run_tags(run.config, gate.fingerprint, gate.n_valid, {"bench": "quality", "model": name}),
-            "mlflow.parentRunId": parent_id, "feature_extractor": result["feature_extractor"]}
+            "mlflow.parentRunId": parent_id, "feature_extractor": result["feature_extractor"],
+            "recipe": result["models"][name]["recipe"] or "preset"}
     child = client.create_run(exp_id, run_name=f"{name}-seed{seed}", tags=tags)
     cid = child.info.run_id
     params = [Param(k, "null" if v is None else str(list(v) if isinstance(v, tuple) else v))
