@@ -108,12 +108,16 @@ def _finite(x: float) -> bool:
     return x == x and abs(x) != float("inf")
 
 
-def format_progress(step: int, total: int, m: dict[str, float], elapsed: float) -> str:
+def format_progress(step: int, total: int, m: dict[str, float], elapsed: float, budget_s: float = 0.0) -> str:
+    """One progress line. budget_s > 0 (train.max_minutes): the ETA is the budget's rest where that comes first."""
     eta = (total - step) * m.get("s_per_iter", 0.0)
+    until = f"ETA {hms(eta)}"
+    if budget_s > 0 and budget_s - elapsed < eta:
+        until = f"ETA {hms(max(0.0, budget_s - elapsed))} (train.max_minutes)"
     return (f"step {step:>6}/{total} | loss_d {m.get('loss_d', float('nan')):+.4f} "
             f"loss_g {m.get('loss_g', float('nan')):+.4f} gp {m.get('gradient_penalty', float('nan')):.4f} | "
             f"{m.get('s_per_iter', 0):.3f} s/it {m.get('images_per_s', 0):.0f} img/s | "
-            f"elapsed {hms(elapsed)} ETA {hms(eta)}")
+            f"elapsed {hms(elapsed)} {until}")
 
 
 def hms(seconds: float) -> str:
@@ -187,7 +191,7 @@ def train(state: GANState, source: GradSource, *, steps: int | None = None,
             latest.update(s_per_iter=s_per_iter, images_per_s=tc.batch_size / max(s_per_iter, 1e-9))
             state.history.append({"step": float(step), **latest})
             if print_fn:
-                print_fn(format_progress(step, total, latest, now - t_start))
+                print_fn(format_progress(step, total, latest, now - t_start, 60.0 * (tc.max_minutes or 0.0)))
             if on_log:
                 on_log(state, latest)
             acc, window_steps, t_window = {}, 0, time.perf_counter()

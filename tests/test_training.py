@@ -161,6 +161,16 @@ def test_time_budget_starts_at_the_first_step_and_finishes_the_step_that_crosses
     assert state.step == 2 and not unbounded.reached   # train.steps came first
 
 
+def test_progress_eta_is_the_time_budgets_rest_when_that_comes_first():
+    from models.trainer import format_progress
+
+    m = {"s_per_iter": 0.5, "loss_d": 1.0, "loss_g": 2.0, "images_per_s": 64.0}
+    assert format_progress(100, 3000, m, 60.0).endswith("elapsed 1m00s ETA 24m10s")     # 2,900 steps x 0.5 s
+    assert format_progress(100, 3000, m, 60.0, budget_s=330.0).endswith("ETA 4m30s (train.max_minutes)")
+    assert format_progress(2900, 3000, m, 60.0, budget_s=330.0).endswith("ETA 0m50s")   # the steps end first
+    assert format_progress(100, 3000, m, 400.0, budget_s=330.0).endswith("ETA 0m00s (train.max_minutes)")
+
+
 @pytest.mark.parametrize("value", [0, -1.0, "ten"])
 def test_max_minutes_must_be_a_positive_number(value):
     from models.config import ConfigError
