@@ -137,6 +137,12 @@ def curve_band(runs: list[dict[str, Any]], key: str) -> tuple[np.ndarray, np.nda
     return t.mean(axis=0), v.mean(axis=0), sd
 
 
+def _label(result: dict[str, Any], name: str) -> str:
+    """'dcgan' or, after a recipe search, 'dcgan / dcgan_paper': the model and the recipe it trained with."""
+    picked = result["models"][name].get("recipe")
+    return f"{name} / {picked}" if picked else name
+
+
 def save_figure(result: dict[str, Any], grids: dict[str, np.ndarray], real: np.ndarray, path: str | Path,
                 grid_n: int = 64) -> Path:
     """Top: a real grid and each model's samples (uint8 (N, C, H, W), first seed, fixed noise). Bottom: each
@@ -153,8 +159,8 @@ def save_figure(result: dict[str, Any], grids: dict[str, np.ndarray], real: np.n
     FigureCanvasAgg(fig)
     top = fig.subplots(2, cols)
     shown = np.random.default_rng(0).permutation(len(real))[:grid_n]     # data may be sorted by label: shuffle
-    panels = [("real", real[shown])] + [
-        (f"{n} ({result['models'][n]['iterations']['mean']:.0f} it)", g[:grid_n]) for n, g in grids.items()]
+    panels = [("real", real[shown])] + [(f"{_label(result, n)} ({result['models'][n]['iterations']['mean']:.0f} it)",
+                                          g[:grid_n]) for n, g in grids.items()]
     for ax, (title, images) in zip(top[0], panels):
         g = make_grid(np.ascontiguousarray(images.transpose(0, 2, 3, 1)))
         g = g[..., 0] if g.shape[-1] == 1 else g
@@ -166,7 +172,7 @@ def save_figure(result: dict[str, Any], grids: dict[str, np.ndarray], real: np.n
     for ax, key in zip(top[1], keys):
         for name in grids:
             t, mean, sd = curve_band(result["models"][name]["runs"], key)
-            ax.plot(t, mean, "o-", label=name)
+            ax.plot(t, mean, "o-", label=_label(result, name))
             ax.fill_between(t, mean - sd, mean + sd, alpha=0.2)
         ax.set_title(f"{key} (EMA G, n = {result['curve_n']}) vs training time, mean ± sd over "
                      f"{len(result['seeds'])} seed(s)", fontsize=8)

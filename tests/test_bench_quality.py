@@ -10,6 +10,7 @@ from benchmarks.quality import (
     RECIPES,
     SEARCH_SEED_OFFSET,
     bench_quality,
+    generated,
     generator_params,
     interleave,
     quality_configs,
@@ -18,7 +19,7 @@ from benchmarks.quality import (
     start_run,
     train_for_budget,
 )
-from benchmarks.quality_report import compare, markdown, summarise, target, target_rules, verdict
+from benchmarks.quality_report import compare, markdown, save_figure, summarise, target, target_rules, verdict
 from flows.cli import main
 from models.config import resolve_config
 from models.data import load_dataset
@@ -193,7 +194,7 @@ def test_recipes_set_only_the_training_recipe_and_are_valid_for_every_model():
         recipe("adam_forever")
 
 
-def test_recipe_search_gives_every_model_the_same_budget_and_its_own_best_recipe():
+def test_recipe_search_gives_every_model_the_same_budget_and_its_own_best_recipe(tmp_path):
     """Two recipes x three models at a budget of clock readings: every pair trains the same number of iterations
     on the search's own seed, the pick is the best score, and the benchmark's seeds run with each model's pick."""
     over = {**TINY, "train.log_every": 0, "eval.metrics": ["msssim_diversity"], "eval.diversity_pairs": 8,
@@ -217,6 +218,9 @@ def test_recipe_search_gives_every_model_the_same_budget_and_its_own_best_recipe
         assert train_cfg.seed == 0                   # the benchmark's seeds are not the search's
     table = markdown(result)
     assert "| dcgan_paper | " in table and "scored by msssim_diversity" in table
+    grids = {name: generated(rs[0].state.G_ema, 8, rs[0].config) for name, rs in runs.items()}
+    png = save_figure(result, grids, real_subset(data.images, 8), tmp_path / "q.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(ValueError, match="recipe: expected one of"):
         bench_quality(cfgs, 1.0 / 60, data, data_name="digits", engine="local", seeds=1, print_fn=None,
                       search_minutes=1.0, recipes=("nope",))
