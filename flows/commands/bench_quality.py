@@ -171,7 +171,7 @@ def bench_and_log(args: argparse.Namespace, configs: dict, out: Path, paths: dic
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from benchmarks.quality import bench_quality, generated, load_data, real_subset
+    from benchmarks.quality import RECIPES, bench_quality, generated, load_data, real_subset
     from benchmarks.quality_report import markdown, save_figure
     from flows.errors import UsageError
     from models.files import OutputFolder, write_output
@@ -179,8 +179,6 @@ def bench_and_log(args: argparse.Namespace, configs: dict, out: Path, paths: dic
     from tasks.data_gate import DataGateError, run_data_gate
     from tasks.evaluate import data_domain
     from tasks.tracking import configure_tracking, ensure_experiment, run_tags
-
-    from benchmarks.quality import RECIPES
 
     recipes = args.recipes or tuple(RECIPES)
     first = next(iter(configs.values()))
