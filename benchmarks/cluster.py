@@ -36,8 +36,27 @@ class NotRoot(RuntimeError):
     """Namespaces, links and tc need root."""
 
 
+SBIN = ("/usr/local/sbin", "/usr/sbin", "/sbin")   # where iproute2 lives; a root shell's PATH may lack them
+TOOLS = ("ip", "tc")
+
+
+def tool_env(base: dict[str, str] | None = None) -> dict[str, str]:
+    """`base` (default os.environ) with the sbin folders appended to PATH where missing: `ip` and `tc`, and what
+    `ip netns exec` starts, are found whatever PATH the caller had."""
+    env = dict(os.environ if base is None else base)
+    parts = [p for p in env.get("PATH", os.defpath).split(os.pathsep) if p]
+    env["PATH"] = os.pathsep.join(parts + [d for d in SBIN if d not in parts])
+    return env
+
+
+def missing_tools() -> list[str]:
+    """The names of TOOLS found neither on PATH nor in SBIN."""
+    path = tool_env()["PATH"]
+    return [t for t in TOOLS if shutil.which(t, path=path) is None]
+
+
 def _sh(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
-    return subprocess.run(cmd, check=check, capture_output=True, text=True)
+    return subprocess.run(cmd, check=check, capture_output=True, text=True, env=tool_env())
 
 
 @dataclass
@@ -114,7 +133,7 @@ class Cluster:
         self._shape("add")
 
     def env(self, host: str) -> dict[str, str]:
-        env = {**os.environ, "SPARK_LOCAL_IP": self.address(host), "PYSPARK_PYTHON": sys.executable,
+        env = {**tool_env(), "SPARK_LOCAL_IP": self.address(host), "PYSPARK_PYTHON": sys.executable,
                "PYSPARK_DRIVER_PYTHON": sys.executable, "SPARK_DAEMON_MEMORY": "256m",
                "SPARK_LOG_DIR": self.tmp, "SPARK_WORKER_DIR": f"{self.tmp}/{host}", "PYTHONPATH": str(ROOT)}
         env.pop("SPARK_HOME", None)

@@ -1,7 +1,6 @@
 """`bench cluster`: the exchange cost model per mode, the root check, and one real emulated cluster (slow, root)."""
 
 import os
-import subprocess
 
 import numpy as np
 import pytest
@@ -123,6 +122,17 @@ def test_weak_scaling_of_a_ring_beats_the_star_at_scale():
     assert set(grid["allreduce"]["weak"]["32"]["10"]) == {"efficiency", "speedup"}
 
 
+def test_ip_and_tc_are_found_in_sbin_when_path_lacks_it(monkeypatch):
+    """A root shell started with a bare PATH (env -i, cron) has no /usr/sbin: the bench still finds ip and tc."""
+    from benchmarks.cluster import SBIN, missing_tools, tool_env
+
+    env = tool_env({"PATH": "/usr/bin:/bin"})
+    assert env["PATH"].split(":") == ["/usr/bin", "/bin", *SBIN]
+    assert tool_env({"PATH": "/sbin:/usr/bin"})["PATH"].split(":") == ["/sbin", "/usr/bin", "/usr/local/sbin", "/usr/sbin"]
+    monkeypatch.setenv("PATH", "/nonexistent")
+    assert missing_tools() == [t for t in ("ip", "tc") if not any(os.path.exists(f"{d}/{t}") for d in SBIN)]
+
+
 def test_without_root_the_command_exits_2_with_one_line(monkeypatch, capsys):
     from flows.cli import main
 
@@ -134,9 +144,12 @@ def test_without_root_the_command_exits_2_with_one_line(monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_two_workers_tiny_counts_bytes_and_leaves_nothing_behind():
+    from benchmarks.cluster import _sh, missing_tools, report, run_matrix
+
     if os.geteuid() != 0:
         pytest.skip("bench cluster needs root (network namespaces, veth links, tc)")
-    from benchmarks.cluster import report, run_matrix
+    if missing_tools():
+        pytest.skip(f"bench cluster needs iproute2 ({', '.join(missing_tools())} not found)")
 
     runs, probes = run_matrix("tiny", (2,), (1,), ("star", "allreduce"), warmup=1, steps=2, print_fn=None)
     by_mode = {r["mode"]: r for r in runs}
@@ -155,6 +168,5 @@ def test_two_workers_tiny_counts_bytes_and_leaves_nothing_behind():
     assert result["link_probe"]["2"]["1"] is probe
     assert all(r["predicted_exchange_s_per_iter"] > 0 for r in result["runs"])
     assert set(result["cost_model"]["allreduce"]["weak"]["128"]) == {"1", "10", "25"}
-    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
-    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    left, links = _sh("ip", "netns", "list").stdout, _sh("ip", "-o", "link").stdout   # ip found as the bench finds it
     assert "tsg" not in left and "tsg" not in links

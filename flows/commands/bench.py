@@ -128,7 +128,11 @@ def run_cluster(args: argparse.Namespace) -> int:
     for value, flag in ((args.json, "--json"), (args.markdown, "--markdown"), (args.figure, "--figure")):
         check_report(value, flag, "bench cluster")
     require_checkout("benchmarks")
-    from benchmarks.cluster import bench_cluster, figure, markdown
+    from benchmarks.cluster import SBIN, bench_cluster, figure, markdown, missing_tools
+
+    if missing_tools():
+        raise UsageError(f"bench cluster: needs iproute2's {' and '.join(missing_tools())} (not on PATH or in "
+                         f"{', '.join(SBIN)}); nothing was started")
 
     result = bench_cluster(args.preset, args.workers, args.gbit, args.modes, args.warmup, args.steps)
     _report(result, markdown(result), args, "bench cluster")
