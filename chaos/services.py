@@ -165,7 +165,12 @@ def postgres_server(user: str, password: str, database: str, timeout_s: int = 12
                 raise ServiceError("running as root, but there is no `postgres` user to run PostgreSQL as "
                                    "(Debian's postgresql package creates it: `make postgres`)") from None
             os.chown(folder, owner.pw_uid, owner.pw_gid)
-            as_owner = ["runuser", "-u", "postgres", "--"]
+            # util-linux puts runuser in sbin, which a root shell from env -i or cron may lack on PATH
+            runuser = shutil.which("runuser", path=os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+            if runuser is None:
+                raise ServiceError("running as root, but `runuser` (util-linux) is not on PATH or in /usr/sbin, "
+                                   "/sbin: it starts PostgreSQL as the `postgres` user")
+            as_owner = [runuser, "-u", "postgres", "--"]
         data, log, port = folder / "data", folder / "server.log", free_port()
 
         def pg(*cmd: str) -> None:
