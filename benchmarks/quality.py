@@ -237,43 +237,55 @@ def search_metric(eval_cfg: EvalConfig, domain: str | None) -> tuple[EvalConfig,
 
 
 def search_recipes(configs: dict[str, Config], minutes: float, data: ImageSet, real: np.ndarray, *,
-                   recipes: tuple[str, ...] = tuple(RECIPES), engine: str = "spark", spark=None,
+                   recipes: tuple[str, ...] = tuple(RECIPES), seeds: int = 1, engine: str = "spark", spark=None,
                    domain: str | None = None, fingerprint: str | None = None, floor_real: np.ndarray | None = None,
                    print_fn: Callable[[str], None] | None = print, clock: Clock = time.perf_counter
                    ) -> dict[str, Any]:
-    """Each model trains with each recipe for `minutes` (the same search budget for every model: len(recipes) x
-    minutes), all pairs in round-robin slices so that they share the machine's load, on the seed train.seed +
-    SEARCH_SEED_OFFSET; each final EMA generator is scored on eval.n_samples by search_metric. Returns
-    {"minutes", "seed", "recipes", "metric", "higher_is_better", "models": {name: {"best", "scores": {recipe:
-    value}, "iterations": {recipe: G updates}}}}; ties go to the recipe listed first."""
+    """Each model trains with each recipe for `minutes` once per search seed (the same search budget for every
+    model: len(recipes) x seeds x minutes), all runs in round-robin slices so that they share the machine's load,
+    on the seeds train.seed + SEARCH_SEED_OFFSET, +1, ...; each final EMA generator is scored on eval.n_samples
+    by search_metric, and a recipe's score is the mean over the seeds (a recipe that collapses on one seed pays
+    for it). Returns {"minutes", "seeds", "recipes", "metric", "higher_is_better", "models": {name: {"best",
+    "scores": {recipe: mean}, "seed_scores": {recipe: [one per seed]}, "iterations": {recipe: mean G updates}}}};
+    ties go to the recipe listed first."""
     if not recipes:
         raise ValueError("recipes: expected at least one")
+    if seeds < 1:
+        raise ValueError(f"search seeds: expected >= 1, got {seeds}")
     for name in recipes:
         recipe(name)                      # an unknown name fails before any training
     say = print_fn or (lambda _m: None)
     first = next(iter(configs.values()))
-    seed = first.train.seed + SEARCH_SEED_OFFSET
+    search_seeds = [first.train.seed + SEARCH_SEED_OFFSET + i for i in range(seeds)]
     budget_s = minutes * 60.0
-    group = {f"{name}/{r}": start_run(cfg.updated({**recipe(r), "train.seed": seed}), budget_s, 0)
-             for name, cfg in configs.items() for r in recipes}
-    say(f"  recipe search: {len(recipes)} recipe(s) x {minutes:g} min per model on seed {seed}: {', '.join(recipes)}")
+    group = {f"{name}/{r}/{seed}": start_run(cfg.updated({**recipe(r), "train.seed": seed}), budget_s, 0)
+             for seed in search_seeds for name, cfg in configs.items() for r in recipes}
+    say(f"  recipe search: {len(recipes)} recipe(s) x {minutes:g} min per model on seed(s) "
+        f"{', '.join(map(str, search_seeds))}: {', '.join(recipes)}")
     # at least two rounds, so that no recipe trains only at the start or the end of the search's load
     interleave(group, budget_s, max(2, round(minutes)), data, engine, spark, print_fn, say, clock=clock)
     score_cfg, metric = search_metric(first.eval, domain)
-    out: dict[str, Any] = {"minutes": minutes, "seed": seed, "recipes": list(recipes), "models": {}}
+    out: dict[str, Any] = {"minutes": minutes, "seeds": search_seeds, "recipes": list(recipes), "models": {}}
     hib = False
     for name in configs:
-        scores, iterations = {}, {}
+        seed_scores: dict[str, list[float]] = {}
+        iterations: dict[str, float] = {}
         for r in recipes:
-            run = group[f"{name}/{r}"]
-            res = evaluate_images(generated(run.state.G_ema, score_cfg.n_samples, run.config), real, config=score_cfg,
-                                  fingerprint=fingerprint, seed=SAMPLE_SEED, floor_real=floor_real, domain=domain)
-            metric = metric or res.primary_metric_name
-            hib = res.higher_is_better.get(metric, False)
-            scores[r], iterations[r] = res.metrics[metric], run.iterations
-            say(f"  recipe search: {name} with {r}: {metric} {scores[r]:.4g} after {run.iterations} iterations")
+            runs = [group[f"{name}/{r}/{seed}"] for seed in search_seeds]
+            seed_scores[r] = []
+            for run in runs:
+                res = evaluate_images(generated(run.state.G_ema, score_cfg.n_samples, run.config), real,
+                                      config=score_cfg, fingerprint=fingerprint, seed=SAMPLE_SEED,
+                                      floor_real=floor_real, domain=domain)
+                metric = metric or res.primary_metric_name
+                hib = res.higher_is_better.get(metric, False)
+                seed_scores[r].append(res.metrics[metric])
+            iterations[r] = float(np.mean([run.iterations for run in runs]))
+            say(f"  recipe search: {name} with {r}: {metric} "
+                f"{' / '.join(f'{v:.4g}' for v in seed_scores[r])} after {iterations[r]:.0f} iterations")
+        scores = {r: float(np.mean(v)) for r, v in seed_scores.items()}
         best = (max if hib else min)(recipes, key=lambda r: scores[r])   # the first of equal scores
-        out["models"][name] = {"best": best, "scores": scores, "iterations": iterations}
+        out["models"][name] = {"best": best, "scores": scores, "seed_scores": seed_scores, "iterations": iterations}
     out["metric"], out["higher_is_better"] = metric, hib
     return out
 
@@ -281,7 +293,7 @@ def search_recipes(configs: dict[str, Config], minutes: float, data: ImageSet, r
 def bench_quality(configs: dict[str, Config], minutes: float, data: ImageSet, *, data_name: str,
                   engine: str = "spark", fingerprint: str | None = None, seeds: int = 3, domain: str | None = None,
                   curve_points: int = 2, curve_n: int = 64, slices: int = 0, search_minutes: float = 0.0,
-                  recipes: tuple[str, ...] = tuple(RECIPES),
+                  recipes: tuple[str, ...] = tuple(RECIPES), search_seeds: int = 1,
                   print_fn: Callable[[str], None] | None = print, clock: Clock = time.perf_counter
                   ) -> tuple[dict[str, Any], dict[str, list[TrainedModel]]]:
     """Train every config for `minutes` once per training seed (train.seed, +1, ... `seeds` in all), evaluate all
@@ -291,8 +303,8 @@ def bench_quality(configs: dict[str, Config], minutes: float, data: ImageSet, *,
     fd_digits is the primary metric. slices: the budget is trained in this many round-robin slices per model
     (default: one per minute), so that the models of a seed see the same background load on a shared machine;
     DFAGD's worker start-up per slice is not counted in the budget. search_minutes > 0: first search_recipes
-    with `recipes` at that many minutes each, then every model runs its seeds with its best recipe (0: every
-    model keeps its config's recipe).
+    with `recipes` at that many minutes each on `search_seeds` seeds, then every model runs its seeds with its
+    best recipe (0: every model keeps its config's recipe).
     """
     from benchmarks.quality_report import summarise, target, target_rules, verdict
 
@@ -327,7 +339,8 @@ def bench_quality(configs: dict[str, Config], minutes: float, data: ImageSet, *,
     def train_all(spark) -> None:
         nonlocal configs
         if search_minutes > 0:
-            search.update(search_recipes(configs, search_minutes, data, real, recipes=recipes, engine=engine,
+            search.update(search_recipes(configs, search_minutes, data, real, recipes=recipes, seeds=search_seeds,
+                                         engine=engine,
                                          spark=spark, domain=domain, fingerprint=fingerprint, floor_real=floor_real,
                                          print_fn=print_fn, clock=clock))
             configs = {name: cfg.updated(recipe(search["models"][name]["best"])) for name, cfg in configs.items()}

@@ -110,16 +110,17 @@ def search_markdown(search: dict[str, Any] | None) -> list[str]:
     if not search:
         return []
     recipes, names = search["recipes"], list(search["models"])
-    lines = ["", f"Recipes: each model trained with each recipe for {search['minutes']:g} min on seed {search['seed']} "
-             f"(the same search budget for every model), scored by {search['metric']} "
-             f"({'higher' if search['higher_is_better'] else 'lower'} is better); the benchmark's seeds then use "
-             "each model's pick (bold); iterations in brackets.", "",
+    seeds = search.get("seeds", [])
+    lines = ["", f"Recipes: each model trained with each recipe for {search['minutes']:g} min on seed(s) "
+             f"{', '.join(map(str, seeds))} (the same search budget for every model), scored by {search['metric']} "
+             f"({'higher' if search['higher_is_better'] else 'lower'} is better; the mean over the search seeds); "
+             "the benchmark's seeds then use each model's pick (bold); iterations in brackets.", "",
              "| recipe | " + " | ".join(names) + " |", "|---|" + "---:|" * len(names)]
     for r in recipes:
         cells = []
         for name in names:
             m = search["models"][name]
-            cell = f"{m['scores'][r]:.4g} ({m['iterations'][r]})"
+            cell = f"{m['scores'][r]:.4g} ({m['iterations'][r]:.0f})"
             cells.append(f"**{cell}**" if m["best"] == r else cell)
         lines.append(f"| {r} | " + " | ".join(cells) + " |")
     return lines

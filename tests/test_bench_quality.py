@@ -203,13 +203,16 @@ def test_recipe_search_gives_every_model_the_same_budget_and_its_own_best_recipe
     data = load_dataset("digits", 16, 1, 256)
     result, runs = bench_quality(cfgs, 1.0 / 60, data, data_name="digits", engine="local", seeds=1, curve_points=0,
                                  curve_n=8, print_fn=None, clock=Ticks(0.5), search_minutes=1.0 / 60,
-                                 recipes=("quality32", "dcgan_paper"))
+                                 recipes=("quality32", "dcgan_paper"), search_seeds=2)
     search = result["recipe_search"]
-    assert search["seed"] == SEARCH_SEED_OFFSET and search["recipes"] == ["quality32", "dcgan_paper"]
+    assert search["seeds"] == [SEARCH_SEED_OFFSET, SEARCH_SEED_OFFSET + 1]
+    assert search["recipes"] == ["quality32", "dcgan_paper"]
     assert search["metric"] == "msssim_diversity" and search["higher_is_better"] is False   # mean MS-SSIM
     assert {it for m in search["models"].values() for it in m["iterations"].values()} == {2}   # same budget
     for name, m in search["models"].items():
         assert m["best"] == min(("quality32", "dcgan_paper"), key=lambda r: m["scores"][r])
+        for r, values in m["seed_scores"].items():     # the score is the mean over the search seeds
+            assert len(values) == 2 and m["scores"][r] == pytest.approx(sum(values) / 2)
         assert result["models"][name]["recipe"] == m["best"]
         train_cfg = runs[name][0].config.train
         assert {f"train.{k}": getattr(train_cfg, k) for k in ("loss", "penalty", "lr_g", "betas")} == \

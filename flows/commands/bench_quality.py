@@ -73,7 +73,8 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
                                          "Writes JSON, a Markdown table and a figure; logs a parent MLflow run "
                                          f"with one child per model and seed (experiment {EXPERIMENT}). First, "
                                          "every model gets the same recipe search (each recipe for "
-                                         "--search-minutes on a seed of its own; the best primary metric wins), "
+                                         "--search-minutes on --search-seeds seeds of its own; the best mean "
+                                         "primary metric wins), "
                                          "so that none is judged with a recipe tuned for another. Time: 3 models "
                                          "x (recipes x search minutes + seeds x minutes) of training, plus "
                                          "evaluation.")
@@ -85,6 +86,9 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
     p.add_argument("--search-minutes", type=_minutes_or_zero, default=1.0, metavar="M",
                    help="recipe search: minutes per model and recipe (default 1; 0: every model keeps the preset's "
                         "recipe)")
+    p.add_argument("--search-seeds", type=_int_at_least(1), default=1, metavar="S",
+                   help="recipe search: seeds per model and recipe, scored by the mean (default 1; more seeds let "
+                        "the search see a recipe that collapses now and then, at S times the search's time)")
     p.add_argument("--recipes", type=_names, metavar="A,B",
                    help="recipes the search tries (default all: quality32, demo, thesis_wgan_gp, dcgan_paper)")
     p.add_argument("--json", metavar="FILE", help="write the result JSON here (default OUT/bench_quality.json)")
@@ -203,7 +207,8 @@ def bench_and_log(args: argparse.Namespace, configs: dict, out: Path, paths: dic
         mlflow.log_params({"minutes": args.minutes, "seeds": args.seeds, "data": args.data, "preset": args.preset,
                            "engine": args.engine, "eval.n_samples": first.eval.n_samples, "curve_points": args.curve_points,
                            "curve_n": args.curve_n, "spark.workers": first.spark.workers,
-                           "search_minutes": args.search_minutes, "recipes": ",".join(recipes),
+                           "search_minutes": args.search_minutes, "search_seeds": args.search_seeds,
+                           "recipes": ",".join(recipes),
                            "train.batch_size": first.train.batch_size, "model.resolution": first.model.resolution})
         for report in (gate.validation_json, gate.quarantine_path):
             mlflow.log_artifact(report, "validation")
@@ -212,7 +217,7 @@ def bench_and_log(args: argparse.Namespace, configs: dict, out: Path, paths: dic
                                          fingerprint=gate.fingerprint, seeds=args.seeds, domain=domain,
                                          curve_points=args.curve_points, curve_n=args.curve_n,
                                          slices=args.slices or 0, search_minutes=args.search_minutes,
-                                         recipes=recipes)
+                                         recipes=recipes, search_seeds=args.search_seeds)
         except InceptionWeightsError as exc:
             raise UsageError(f"--require-standard-features: {exc}") from exc
         result["mlflow_run_id"] = parent.info.run_id
