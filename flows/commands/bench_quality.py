@@ -74,10 +74,9 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
                                          f"with one child per model and seed (experiment {EXPERIMENT}). First, "
                                          "every model gets the same recipe search (each recipe for "
                                          "--search-minutes on --search-seeds seeds of its own; the best mean "
-                                         "primary metric wins), "
-                                         "so that none is judged with a recipe tuned for another. Time: 3 models "
-                                         "x (recipes x search minutes + seeds x minutes) of training, plus "
-                                         "evaluation.")
+                                         "primary metric wins), so that none is judged with a recipe tuned for "
+                                         "another. Time: 3 models x (recipes x search seeds x search minutes + "
+                                         "seeds x minutes) of training, plus evaluation.")
     p.add_argument("--data", default="digits", metavar="PATH", help="'digits' (default) or an image folder")
     p.add_argument("--minutes", type=_positive_float, default=8.0, metavar="M",
                    help="training budget per model and seed in wall-clock minutes (default 8)")
