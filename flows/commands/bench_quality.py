@@ -19,24 +19,18 @@ EXPERIMENT = "transsrgan-bench"   # kept apart from `transsrgan`, whose runs are
 COMMAND = "bench quality"         # what the output folders' ledgers record for these reports
 
 
-def _positive_float(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {value!r}") from None
-    if not 0 < x < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0 of minutes, got {value}")
-    return x
-
-
-def _minutes_or_zero(value: str) -> float:
-    try:
-        x = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number of minutes, got {value!r}") from None
-    if not 0 <= x < math.inf:
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0 of minutes, got {value}")
-    return x
+def _minutes(zero_allowed: bool):
+    """An argparse type for a finite number of minutes, > 0 (or >= 0 where zero_allowed: 0 turns a step off)."""
+    def parse(value: str) -> float:
+        try:
+            x = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number of minutes, got {value!r}") from None
+        if not (0 <= x if zero_allowed else 0 < x) or x == math.inf:
+            raise argparse.ArgumentTypeError(f"expected a finite number {'>=' if zero_allowed else '>'} 0 of "
+                                             f"minutes, got {value}")
+        return x
+    return parse
 
 
 def _names(value: str) -> tuple[str, ...]:
@@ -78,11 +72,11 @@ def register(bench_sub: argparse._SubParsersAction) -> None:
                                          "another. Time: 3 models x (recipes x search seeds x search minutes + "
                                          "seeds x minutes) of training, plus evaluation.")
     p.add_argument("--data", default="digits", metavar="PATH", help="'digits' (default) or an image folder")
-    p.add_argument("--minutes", type=_positive_float, default=8.0, metavar="M",
+    p.add_argument("--minutes", type=_minutes(zero_allowed=False), default=8.0, metavar="M",
                    help="training budget per model and seed in wall-clock minutes (default 8)")
     p.add_argument("--seeds", type=_int_at_least(1), default=3, metavar="K",
                    help="training seeds per model: train.seed, +1, ..., K in all (default 3); mean ± sd over them")
-    p.add_argument("--search-minutes", type=_minutes_or_zero, default=1.0, metavar="M",
+    p.add_argument("--search-minutes", type=_minutes(zero_allowed=True), default=1.0, metavar="M",
                    help="recipe search: minutes per model and recipe (default 1; 0: every model keeps the preset's "
                         "recipe)")
     p.add_argument("--search-seeds", type=_int_at_least(1), default=1, metavar="S",
