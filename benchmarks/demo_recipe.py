@@ -59,6 +59,12 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "demo_diffaug_tc_lazy_r1_4": ("demo", {"train.augment": "translation,cutout", "train.reg_every": 4}),
     # round 5, at equal steps past the demo's 3,000: a longer EMA once the blobs are over, and DiffAugment's shift
     "demo_ema0.999_from500": ("demo", {"train.ema_decay": 0.999, "train.ema_start": 500}),
+    # round 6, on a CPU with native bf16 (AVX512-BF16): bf16 autocast of the demo, and what its speed could buy
+    "demo_bf16": ("demo", {"train.precision": "bf16"}),
+    "demo_bf16_b64": ("demo", {"train.precision": "bf16", "train.batch_size": 64}),
+    # round 7: a discriminator of twice the width, and the demo conditioned on the digits' labels
+    "demo_d2x": ("demo", {"model.d_channels": 32, "model.d_max_channels": 128}),
+    "demo_cond10": ("demo", {"model.num_classes": 10}),
 }
 COLUMNS = ("steps", "s_per_step", "recognisable", "fd_digits", "fd_digits_floor", "fd_ratio", "kd_digits",
            "class_balance", "msssim_diversity", "g_params")
@@ -70,9 +76,11 @@ def check_steps(steps: int, checks: int) -> list[int]:
     return sorted({steps * k // checks for k in range(1, checks)} - {0})
 
 
-def run_candidate(name: str, budget_s: float, n: int, out: str, steps: int = 10**6, checks: int = 1) -> dict[str, Any]:
+def run_candidate(name: str, budget_s: float, n: int, out: str, steps: int = 10**6, checks: int = 1,
+                  truncations: tuple[float, ...] = ()) -> dict[str, Any]:
     """Train one candidate for budget_s wall seconds (checked before every iteration) or `steps` steps, whichever
-    comes first, then score its EMA G; with checks > 1 also at check_steps(steps, checks) on the way (`curve`)."""
+    comes first, then score its EMA G; with checks > 1 also at check_steps(steps, checks) on the way (`curve`), and
+    the final EMA G's samples truncated at every psi of `truncations` (`truncated`; models.grid.truncate)."""
     torch.set_num_threads(1)
     preset, overrides = CANDIDATES[name]
     config = resolve_config(preset, {"train.steps": steps, "train.threads": 1, "train.log_every": 0,
@@ -93,9 +101,9 @@ def run_candidate(name: str, budget_s: float, n: int, out: str, steps: int = 10*
     ev = EvalConfig(n_samples=n, metrics=("msssim_diversity",), allow_random_features=True, download_weights=False,
                     cache_real=False)
 
-    def score(G: torch.nn.Module, png: str | None) -> dict[str, float]:
+    def score(G: torch.nn.Module, png: str | None, psi: float = 1.0) -> dict[str, float]:
         mc = config.model
-        fake = to_uint8(sample(G, n, SAMPLE_SEED, mc.z_dim, mc.num_classes)).transpose(0, 3, 1, 2).copy()
+        fake = to_uint8(sample(G, n, SAMPLE_SEED, mc.z_dim, mc.num_classes, truncation=psi)).transpose(0, 3, 1, 2).copy()
         if png:
             save_png(make_grid(fake[:GRID_N].transpose(0, 2, 3, 1)), Path(out) / png, scale=2)
         return evaluate_images(fake, real, config=ev, seed=SAMPLE_SEED, floor_real=partner, domain="digits").metrics
@@ -103,12 +111,14 @@ def run_candidate(name: str, budget_s: float, n: int, out: str, steps: int = 10*
     curve = [{"step": step, "train_s": round(t, 1), **_point(score(G, None))} for step, t, G in snapshots]
     m = score(state.G_ema, f"{name}.png")
     curve.append({"step": state.step, "train_s": round(train_s, 1), **_point(m)})
+    truncated = [{"psi": psi, **_point(tm), "msssim_diversity": tm["msssim_diversity"]}
+                 for psi in truncations for tm in [score(state.G_ema, f"{name}_psi{psi:g}.png", psi)]]
     return {"name": name, "preset": preset, "overrides": overrides, "steps": state.step, "train_s": round(train_s, 1),
             "s_per_step": round(train_s / max(state.step, 1), 4),
             "g_params": sum(p.numel() for p in state.G.parameters()),
             **{k: m[k] for k in COLUMNS if k in m},
             "fd_ratio": m.get("fd_digits_vs_floor", float("nan")), "real_recognisable": m.get("recognisable_real"),
-            "curve": curve, "metrics": m}
+            "curve": curve, "truncated": truncated, "metrics": m}
 
 
 def _point(m: dict[str, float]) -> dict[str, float]:
@@ -134,6 +144,13 @@ def markdown(report: dict[str, Any]) -> str:
                   "|---|---:|---:|---:|---:|---:|---:|"]
         lines += [f"| {r['name']} | {p['step']} | {p['train_s']} | {p['recognisable']:.3f} | {p['fd_ratio']:.2f} | "
                   f"{p['kd_digits']:.2f} | {p['class_balance']:.3f} |" for r in rows for p in r["curve"]]
+    if any(r.get("truncated") for r in rows):
+        lines += ["", "The final EMA generator's samples with the truncation trick (z scaled by psi; the same noise):",
+                  "", "| candidate | psi | recognisable | fd_ratio | kd_digits | class_balance | msssim_diversity |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['name']} | {t['psi']:g} | {t['recognisable']:.3f} | {t['fd_ratio']:.2f} | "
+                  f"{t['kd_digits']:.2f} | {t['class_balance']:.3f} | {t['msssim_diversity']:.3f} |"
+                  for r in rows for t in r.get("truncated", [])]
     return "\n".join(lines) + "\n"
 
 
@@ -145,10 +162,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--candidates", nargs="+", choices=sorted(CANDIDATES), default=list(CANDIDATES))
     p.add_argument("--checks", type=int, default=1, metavar="K",
                    help="with --steps: also score at steps x k/K, k = 1 .. K-1 (a curve per candidate; default 1)")
+    p.add_argument("--truncation", type=float, nargs="+", default=[], metavar="PSI",
+                   help="also score the final EMA generator's samples truncated at each PSI in (0, 1)")
     p.add_argument("--out", default="demo_recipe", help="folder for demo_recipe.json/.md and the grids")
     a = p.parse_args(argv)
-    if a.budget_s <= 0 or a.n < 16 or a.steps < 1 or a.checks < 1:
-        print("demo_recipe: --budget-s must be > 0, --n >= 16, --steps >= 1 and --checks >= 1", file=sys.stderr)
+    if a.budget_s <= 0 or a.n < 16 or a.steps < 1 or a.checks < 1 or not all(0 < x <= 1 for x in a.truncation):
+        print("demo_recipe: --budget-s must be > 0, --n >= 16, --steps >= 1, --checks >= 1 and every --truncation "
+              "in (0, 1]", file=sys.stderr)
         return 2
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -157,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     t = time.time()
     ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(len(a.candidates)) as pool:
-        jobs = [pool.apply_async(run_candidate, (c, a.budget_s, a.n, str(out), a.steps, a.checks)) for c in a.candidates]
+        jobs = [pool.apply_async(run_candidate, (c, a.budget_s, a.n, str(out), a.steps, a.checks,
+                                                 tuple(a.truncation))) for c in a.candidates]
         results = [j.get() for j in jobs]
     load_after = os.getloadavg()
     real = next((r["real_recognisable"] for r in results if r.get("real_recognisable") is not None), None)

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from models.config import Config
-from models.data import ImageSet, PartitionedSampler
+from models.data import ImageSet, PartitionedSampler, check_labels
 from models.step import (
     G_PHASE,
     GANState,
@@ -42,6 +42,7 @@ class LocalGradSource:
 
     def __init__(self, data: ImageSet, config: Config):
         self.data, self.config = data, config
+        check_labels(data.labels, config.model.num_classes, data.source)
         tc = config.train
         self.sampler = PartitionedSampler(len(data), config.partitions, tc.batch_size, tc.seed)
         self._nets: tuple[nn.Module, nn.Module, Nets] | None = None

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from models.config import Config, ConfigError
-from models.data import ImageSet, load_dataset, partition_bounds
+from models.data import ImageSet, check_labels, load_dataset, partition_bounds
 from models.step import G_PHASE, GANState, build_state
 from models.trainer import Callback, GradSource, train
 from spark_training.allreduce import AllReduceJob
@@ -219,6 +219,7 @@ def train_dfagd(config: Config, *, state: GANState | None = None, on_log: Callba
     if data is None:
         data = load_dataset(config.data.source, config.model.resolution, config.model.channels, config.data.limit)
     partition_bounds(len(data), config.partitions)       # fails early, naming data.partitions
+    check_labels(data.labels, config.model.num_classes, config.data.source)   # and model.num_classes
     state = build_state(config) if state is None else state
     if spark is None:
         with spark_session(config.spark) as session:

@@ -41,6 +41,8 @@ def test_dry_run_prints_resolved_config(capsys):
     (["train", "--model", "singan", "--workers", "2", "--dry-run"], "--workers"),
     (["train", "--model", "singan", "--set", "singan.min_size=5", "--dry-run"], "singan.min_size"),
     (["demo-data"], "OUT_DIR"),
+    (["bench", "speedup", "--set", "train.precision=fp16"], "train.precision"),
+    (["bench", "speedup", "--set", "precision"], "--set"),
     (["sample", "--model", "m", "--out", "a.png", "--truncation", "0"], "--truncation"),
     (["sample", "--model", "m", "--out", "a.png", "--truncation", "1.5"], "--truncation"),
     (["sample", "--model", "m", "--out", "a.png", "--truncation", "nan"], "--truncation"),
@@ -119,3 +121,21 @@ def test_sample_truncation_and_interpolation_grid(tmp_path, mlflow_store, capsys
         for col, s in ((0, a), (3, b)):
             one = grid(f"s{s}.png", "-n", "1", "--seed", str(s))
             assert np.abs(tile(interp, row, col) - tile(one, 0, 0)).max() <= 1     # same z; batch round-off only
+
+
+def test_bench_speedup_set_reaches_the_benchmark(monkeypatch, capsys):
+    """--set KEY=VALUE (JSON values) is handed to every run of bench speedup as a config override."""
+    import benchmarks.speedup as speedup
+
+    seen = {}
+
+    def bench(preset, workers, steps, warmup, master, threads_per_worker, **kw):
+        seen.update(preset=preset, overrides=kw["overrides"])
+        return {}
+
+    monkeypatch.setattr(speedup, "bench_speedup", bench)
+    monkeypatch.setattr(speedup, "markdown", lambda result: "table")
+    assert main(["bench", "speedup", "--preset", "tiny", "--set", "train.precision=bf16",
+                 "--set", "train.compile=default", "--set", "spark.bucket_mb=1.5"]) == 0
+    assert seen == {"preset": "tiny", "overrides": {"train.precision": "bf16", "train.compile": "default",
+                                                    "spark.bucket_mb": 1.5}}

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.data import find_images, load_dataset
+from models.data import check_labels, find_images, labels_from_names, load_dataset, source_labels
 from models.data.digits import load_digits_28
 from models.data.export import export_digits
 
@@ -31,6 +31,26 @@ def test_demo_data_roundtrip(tmp_path):
     ds = load_dataset(str(out), 32, 1, limit=50)
     ref = load_dataset("digits", 32, 1, limit=50)
     assert np.array_equal(ds.images, ref.images)     # PNG is lossless and files sort in dataset order
+    # the labels come back from the file names, for a folder and for a manifest's paths alike
+    assert np.array_equal(ds.labels, ref.labels)
+    assert np.array_equal(source_labels(str(out)), load_dataset("digits", 32, 1).labels)
+
+
+def test_labels_only_when_every_file_names_one(tmp_path):
+    assert labels_from_names(["a/00001_label3.png", "b/00002_label10.PNG"]).tolist() == [3, 10]
+    assert labels_from_names(["a/00001_label3.png", "b/cat.png"]) is None
+    assert labels_from_names(["my_label3_photo.png"]) is None and labels_from_names([]) is None
+    Image.new("L", (8, 8), 9).save(tmp_path / "x.png")
+    assert load_dataset(str(tmp_path), 16, 1).labels is None and source_labels(str(tmp_path)) is None
+
+
+def test_a_class_conditional_model_needs_labels_in_range():
+    check_labels(None, 0, "anything")                                   # unconditional: no labels needed
+    check_labels(np.array([0, 9]), 10, "digits")
+    with pytest.raises(ValueError, match=r"^model.num_classes: 10 makes the model class-conditional, but /d has no"):
+        check_labels(None, 10, "/d")
+    with pytest.raises(ValueError, match=r"^model.num_classes: expected more than the largest label of digits \(9\)"):
+        check_labels(np.array([0, 9]), 5, "digits")
 
 
 def test_folder_of_mixed_sizes_and_modes(tmp_path):

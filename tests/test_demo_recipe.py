@@ -8,7 +8,7 @@ from models.config import resolve_config
 
 def test_demo_trains_quality32s_recipe_and_thesis32_keeps_the_thesis_recipe():
     demo, q32, thesis = resolve_config("demo"), resolve_config("quality32"), resolve_config("thesis32")
-    assert demo.model == q32.model
+    assert demo.model == q32.model.model_copy(update={"num_classes": 10})   # conditioned on the digits' labels
     measured = {"steps": 3000, "lr_g": 1e-3, "lr_d": 1e-3, "ema_decay": 0.995,     # docs/quality.md: the search
                 "reg_every": 4, "augment": "", "max_minutes": 5.5}
     cadence = ("log_every", "sample_every")
@@ -60,3 +60,40 @@ def test_the_curve_table_lists_every_point_of_every_candidate():
     lines = markdown(report).splitlines()
     assert "| a | 100 | 1000.0 | 0.250 | 2.00 | 0.50 | 0.990 |" in lines
     assert "| a | 200 | 2000.0 | 0.500 | 2.00 | 0.50 | 0.990 |" in lines
+
+
+def test_the_truncation_table_lists_every_psi_and_bad_psi_exits_2(capsys):
+    row = {c: 1.0 for c in COLUMNS}
+    truncated = [{"psi": psi, "recognisable": r, "fd_ratio": f, "kd_digits": 0.5, "class_balance": 0.9,
+                  "msssim_diversity": 0.25} for psi, r, f in ((0.7, 0.9, 3.0), (0.5, 0.95, 6.0))]
+    report = {"budget_s": 60.0, "n": 256, "conditions": "test", "real_recognisable": 0.94,
+              "candidates": [{**row, "name": "a", "fd_ratio": 2.0, "truncated": truncated}]}
+    lines = markdown(report).splitlines()
+    assert "| a | 0.7 | 0.900 | 3.00 | 0.50 | 0.900 | 0.250 |" in lines
+    assert "| a | 0.5 | 0.950 | 6.00 | 0.50 | 0.900 | 0.250 |" in lines
+    assert main(["--truncation", "1.5"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--truncation" in err
+
+
+def test_the_demo_conditions_on_the_digits_only_and_an_explicit_value_wins(tmp_path):
+    assert resolve_config("demo").model.num_classes == 10
+    assert resolve_config("demo", {"data.source": str(tmp_path)}).model.num_classes == 0   # a user's folder
+    assert resolve_config("demo", {"model.num_classes": 0}).model.num_classes == 0
+    assert resolve_config("demo", {"data.source": str(tmp_path), "model.num_classes": 3}).model.num_classes == 3
+    assert resolve_config("quality32").model.num_classes == 0                               # only the demo
+    # the flow swaps data.source for the gate's manifest later: the resolved value stays
+    assert resolve_config("demo").updated({"data.source": str(tmp_path / "manifest.parquet")}).model.num_classes == 10
+
+
+def test_train_refuses_a_conditional_model_on_unlabelled_data_before_anything_starts(tmp_path, capsys):
+    from PIL import Image
+
+    from flows.cli import main
+
+    for i in range(4):
+        Image.new("L", (16, 16), 40 * i).save(tmp_path / f"img{i}.png")
+    assert main(["train", "--preset", "tiny", "--data", str(tmp_path), "--set", "model.num_classes=10"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.num_classes: 10 makes the model class-conditional" in err[0]
+    assert str(tmp_path) in err[0] and not (tmp_path / "validation").exists()

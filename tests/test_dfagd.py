@@ -74,6 +74,15 @@ def test_augmentation_and_lazy_regularisation_match_the_reference(spark, digits1
     _assert_same_weights(out[1], out[2], atol=0.0)
 
 
+def test_class_conditional_training_matches_the_reference(spark, digits16):
+    """model.num_classes > 0 (the demo on the digits): the labels travel with each worker's partitions."""
+    over = {"model.num_classes": 10}
+    ref = train(build_state(cfg(1, **over)), LocalGradSource(digits16, cfg(1, **over)), print_fn=None)
+    out = train_dfagd(cfg(2, **over), spark=spark, data=digits16, print_fn=None)
+    _assert_same_weights(out, ref)
+    assert ref.G.label is not None and ref.D.label is not None
+
+
 def test_callbacks_and_history_like_the_reference(spark, digits16):
     seen: list[int] = []
     state = train_dfagd(cfg(2, **{"train.steps": 2}), spark=spark, data=digits16, print_fn=None,

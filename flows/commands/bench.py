@@ -58,6 +58,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--spark-master", metavar="URL", help="spark.master (default local[max workers])")
     s.add_argument("--threads-per-worker", type=int, default=1, metavar="T", help="spark.threads_per_worker")
     s.add_argument("--no-ddp", action="store_true", help="skip the TorchDistributor DDP run")
+    s.add_argument("--set", metavar="KEY=VALUE", action="append", default=[],
+                   help="any config field for every run, e.g. --set train.precision=bf16 (JSON values); "
+                        "repeatable. DFAGD-N is then also timed with train.compile=off and train.precision=fp32, "
+                        "side by side (vs_previous_defaults)")
     s.add_argument("--json", metavar="FILE", help=f"write the result JSON here; {REFUSAL}")
     s.add_argument("--markdown", metavar="FILE", help=f"write the Markdown table here; {REFUSAL}")
     s.set_defaults(func=run_speedup)
@@ -92,15 +96,17 @@ def run_speedup(args: argparse.Namespace) -> int:
         raise UsageError(f"--warmup: expected >= 0, got {args.warmup}")
     if args.threads_per_worker < 1:
         raise UsageError(f"--threads-per-worker: expected >= 1, got {args.threads_per_worker}")
-    from flows.cli import require_checkout
+    from flows.cli import parse_set, require_checkout
 
+    overrides = parse_set(args.set)
     check_report(args.json, "--json", "bench speedup")         # refuse a user's file before the long part runs
     check_report(args.markdown, "--markdown", "bench speedup")
     require_checkout("benchmarks")
     from benchmarks.speedup import bench_speedup, markdown
 
     result = bench_speedup(args.preset, args.workers, args.steps, args.warmup, args.spark_master,
-                           args.threads_per_worker, ddp=not args.no_ddp, reductions=args.reductions)
+                           args.threads_per_worker, ddp=not args.no_ddp, overrides=overrides,
+                           reductions=args.reductions)
     _report(result, markdown(result), args, "bench speedup")
     _log_mlflow(result)
     return 0

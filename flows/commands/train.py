@@ -2,6 +2,7 @@
 
 import argparse
 import sys
+from pathlib import Path
 from typing import Any
 
 from flows.cli import add_params, params_from_args
@@ -40,6 +41,8 @@ def run(args: argparse.Namespace) -> int:
         config = point.config if point else params.to_config()
         print(config.to_json(config.sections()))
         return 0
+    if not singan and point is None:
+        _check_labels(params.to_config())
     from flows.prefect_api import prefect_api
 
     with prefect_api() as where:
@@ -56,6 +59,20 @@ def run(args: argparse.Namespace) -> int:
             return 1
     print(singan_report(summary, where) if singan else report(summary, where))
     return 0
+
+
+def _check_labels(config) -> None:
+    """A class-conditional model on data without labels fails here, in one line, before any server starts."""
+    from flows.errors import UsageError
+    from models.data import check_labels, source_labels
+
+    source = config.data.source
+    if not config.model.num_classes or (source != "digits" and not Path(source).exists()):
+        return                                  # unconditional, or a missing path: the data gate names it
+    try:
+        check_labels(source_labels(config.data.source), config.model.num_classes, config.data.source)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _speed_line(t: dict) -> list[str]:

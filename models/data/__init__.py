@@ -1,5 +1,6 @@
 """Training data: the embedded MNIST digits, a folder of images, or a manifest written by the data gate."""
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from models.data.images import find_images, load_paths
 from models.data.sampler import PartitionedSampler, partition_bounds
 
 EMBEDDED = ("digits",)
+# the label `transsrgan demo-data` (models.data.export) writes into each file name: <index>_label<digit>.png
+_LABEL_IN_NAME = re.compile(r"_label(\d+)\.[A-Za-z]+$")
 
 
 @dataclass
@@ -50,11 +53,43 @@ def load_dataset(source: str, resolution: int, channels: int, limit: int = 0) ->
             raise ValueError(f"data.source: no png/jpg/jpeg/webp images found under {source}")
         if limit:
             paths = paths[:limit]
-        images, labels = load_paths(paths, resolution, channels), None
+        images, labels = load_paths(paths, resolution, channels), labels_from_names(paths)
     if limit:
         images = images[:limit]
         labels = labels[:limit] if labels is not None else None
     return ImageSet(images, labels, source)
 
 
-__all__ = ["ImageSet", "load_dataset", "PartitionedSampler", "partition_bounds", "find_images", "EMBEDDED"]
+def labels_from_names(paths: list[str]) -> np.ndarray | None:
+    """The class labels written into the file names by `transsrgan demo-data` (`<index>_label<k>.png`, so also
+    the data gate's copy of the embedded digits); None unless every file carries one."""
+    found = [_LABEL_IN_NAME.search(Path(p).name) for p in paths]
+    if not found or not all(found):
+        return None
+    return np.array([int(m.group(1)) for m in found], dtype=np.int64)
+
+
+def source_labels(source: str) -> np.ndarray | None:
+    """The labels load_dataset(source) would give, from file names alone (no image is decoded)."""
+    if source == "digits":
+        return load_digits(32)[1]
+    path = Path(source)
+    if path.suffix == ".parquet" and path.is_file():
+        return labels_from_names(manifest_paths(path))
+    return labels_from_names(find_images(path)) if path.exists() else None
+
+
+def check_labels(labels: np.ndarray | None, num_classes: int, source: str) -> None:
+    """A class-conditional model (model.num_classes > 0) needs a label in [0, num_classes) for every image."""
+    if not num_classes:
+        return
+    if labels is None:
+        raise ValueError(f"model.num_classes: {num_classes} makes the model class-conditional, but {source} has no "
+                         f"labels (only the embedded digits and folders written by `transsrgan demo-data` have "
+                         f"them); set model.num_classes=0")
+    if len(labels) and not 0 <= int(labels.min()) <= int(labels.max()) < num_classes:
+        raise ValueError(f"model.num_classes: expected more than the largest label of {source} "
+                         f"({int(labels.max())}), got {num_classes}")
+
+
+__all__ = ["ImageSet", "load_dataset", "labels_from_names", "source_labels", "check_labels", "PartitionedSampler", "partition_bounds", "find_images", "EMBEDDED"]
