@@ -70,7 +70,7 @@ def _check_labels(config) -> None:
     if not config.model.num_classes or (source != "digits" and not Path(source).exists()):
         return                                  # unconditional, or a missing path: the data gate names it
     try:
-        check_labels(source_labels(config.data.source), config.model.num_classes, config.data.source)
+        check_labels(source_labels(source), config.model.num_classes, source)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
