@@ -59,9 +59,8 @@ CANDIDATES: dict[str, tuple[str, dict[str, Any]]] = {
     "demo_diffaug_tc_lazy_r1_4": ("demo", {"train.augment": "translation,cutout", "train.reg_every": 4}),
     # round 5, at equal steps past the demo's 3,000: a longer EMA once the blobs are over, and DiffAugment's shift
     "demo_ema0.999_from500": ("demo", {"train.ema_decay": 0.999, "train.ema_start": 500}),
-    # round 6, on a CPU with native bf16 (AVX512-BF16): bf16 autocast of the demo, and what its speed could buy
+    # round 6, on a CPU with native bf16 (AVX512-BF16): bf16 autocast of the demo
     "demo_bf16": ("demo", {"train.precision": "bf16"}),
-    "demo_bf16_b64": ("demo", {"train.precision": "bf16", "train.batch_size": 64}),
     # round 7: a discriminator of twice the width, and the demo conditioned on the digits' labels
     "demo_d2x": ("demo", {"model.d_channels": 32, "model.d_max_channels": 128}),
     "demo_cond10": ("demo", {"model.num_classes": 10}),

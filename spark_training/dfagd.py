@@ -219,7 +219,7 @@ def train_dfagd(config: Config, *, state: GANState | None = None, on_log: Callba
     if data is None:
         data = load_dataset(config.data.source, config.model.resolution, config.model.channels, config.data.limit)
     partition_bounds(len(data), config.partitions)       # fails early, naming data.partitions
-    check_labels(data.labels, config.model.num_classes, config.data.source)   # and model.num_classes
+    check_labels(data.labels, config.model.num_classes, data.source)   # and model.num_classes
     state = build_state(config) if state is None else state
     if spark is None:
         with spark_session(config.spark) as session:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from models.data.digits import load_digits
+from models.data.digits import load_digits, load_digits_28
 from models.data.images import find_images, load_paths
 from models.data.sampler import PartitionedSampler, partition_bounds
 
@@ -40,6 +40,11 @@ def manifest_paths(manifest: str | Path) -> list[str]:
     return [str(p) for p in table.column("path").to_pylist()]
 
 
+def source_paths(path: Path) -> list:
+    """The image files a source names: a manifest's listed paths, or the images found under a folder (or the file)."""
+    return manifest_paths(path) if path.suffix == ".parquet" else find_images(path)
+
+
 def load_dataset(source: str, resolution: int, channels: int, limit: int = 0) -> ImageSet:
     """`digits`, a folder (recursive png/jpg/webp), one image file, or a manifest.parquet."""
     if source == "digits":
@@ -47,8 +52,7 @@ def load_dataset(source: str, resolution: int, channels: int, limit: int = 0) ->
         if channels == 3:
             images = np.repeat(images, 3, axis=1)
     else:
-        path = Path(source)
-        paths = manifest_paths(path) if path.suffix == ".parquet" else find_images(path)
+        paths = source_paths(Path(source))
         if not paths:
             raise ValueError(f"data.source: no png/jpg/jpeg/webp images found under {source}")
         if limit:
@@ -72,11 +76,9 @@ def labels_from_names(paths: list[str]) -> np.ndarray | None:
 def source_labels(source: str) -> np.ndarray | None:
     """The labels load_dataset(source) would give, from file names alone (no image is decoded)."""
     if source == "digits":
-        return load_digits(32)[1]
+        return load_digits_28()[1]
     path = Path(source)
-    if path.suffix == ".parquet" and path.is_file():
-        return labels_from_names(manifest_paths(path))
-    return labels_from_names(find_images(path)) if path.exists() else None
+    return labels_from_names(source_paths(path)) if path.exists() else None
 
 
 def check_labels(labels: np.ndarray | None, num_classes: int, source: str) -> None:
